@@ -1,0 +1,171 @@
+"""Run and build the book: scales, devices, papermill execution and the HTML build.
+
+    python -m jepabook.book execute --scale ci --out _build/executed   # every chapter, with papermill
+    python -m jepabook.book build --src _build/executed --html _build/html
+    python -m jepabook.book check --html _build/html                   # every chapter page, with figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import yaml
+
+SCALES = ("ci", "default", "full")
+ROOT = Path(__file__).resolve().parent.parent
+BOOK_FILES = ("_config.yml", "_toc.yml")
+
+
+def default_scale() -> str:
+    """The scale named by JEPABOOK_SCALE, or "default"."""
+    return resolve_scale(os.environ.get("JEPABOOK_SCALE", "default"))
+
+
+def resolve_scale(scale: str) -> str:
+    """Check a scale name ("ci", "default" or "full")."""
+    if scale not in SCALES:
+        raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+    return scale
+
+
+def settings(scale: str, table: dict[str, dict[str, Any]]) -> SimpleNamespace:
+    """A chapter's sizes for one scale: `settings("ci", {"ci": {...}, "default": {...}, "full": {...}})`."""
+    missing = [s for s in SCALES if s not in table]
+    if missing:
+        raise ValueError(f"table: expected entries for every scale, missing {missing}")
+    return SimpleNamespace(**table[resolve_scale(scale)])
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None) means CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
+    return resolved
+
+
+def chapter_files(root: Path = ROOT) -> list[Path]:
+    """Notebook paths (relative to root) in the order of _toc.yml."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries = [toc["root"]]
+
+    def walk(items: list[dict]) -> None:
+        for item in items:
+            if "file" in item:
+                entries.append(item["file"])
+            walk(item.get("sections", []) + item.get("chapters", []))
+            for part in item.get("parts", []):
+                walk(part.get("chapters", []))
+
+    walk(toc.get("chapters", []) + [c for p in toc.get("parts", []) for c in p.get("chapters", [])])
+    return [Path(f"{entry}.ipynb") for entry in entries if (root / f"{entry}.ipynb").exists()]
+
+
+def execute(
+    scale: str,
+    out: Path,
+    *,
+    root: Path = ROOT,
+    parameters: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+) -> list[Path]:
+    """Execute chapters with papermill into `out`, a copy of the book tree; returns executed paths."""
+    import papermill
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        shutil.copy2(root / name, out / name)
+    executed = []
+    for rel in chapter_files(root):
+        if only and rel.stem not in only:
+            continue
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        print(f"[jepabook] executing {rel} at scale={scale}", flush=True)
+        papermill.execute_notebook(
+            str(root / rel),
+            str(target),
+            parameters={"scale": scale, **(parameters or {})},
+            cwd=str((root / rel).parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        print(f"[jepabook] {rel} done in {time.perf_counter() - start:.1f} s", flush=True)
+        executed.append(target)
+    return executed
+
+
+def build(src: Path, html: Path) -> Path:
+    """Build HTML from an executed tree with jupyter-book (execution off); returns html/index.html."""
+    jb = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--builder", "html"]
+    subprocess.run(command + ["--quiet"], check=True)
+    if html.exists():
+        shutil.rmtree(html)
+    shutil.copytree(src / "_build" / "html", html)
+    return html / "index.html"
+
+
+def check(html: Path, root: Path = ROOT) -> list[str]:
+    """Problems with a built book: a chapter page missing, without a figure, or showing an error."""
+    problems = []
+    if not (html / "index.html").exists():
+        problems.append(f"{html / 'index.html'} is missing")
+    for rel in chapter_files(root):
+        page = html / rel.with_suffix(".html")
+        if not page.exists():
+            problems.append(f"{page} is missing")
+            continue
+        text = page.read_text(errors="replace")
+        if "<img" not in text:
+            problems.append(f"{page} has no figure")
+        if "Traceback (most recent call last)" in text or 'class="output traceback' in text:
+            problems.append(f"{page} shows an error")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jepabook.book", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("execute", help="execute every chapter with papermill")
+    run.add_argument("--scale", default=default_scale(), choices=SCALES)
+    run.add_argument("--out", type=Path, default=ROOT / "_build" / "executed")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--device", default=None)
+    run.add_argument("--only", nargs="*", help="chapter names (file stems) to run")
+    html = commands.add_parser("build", help="build HTML from executed chapters")
+    html.add_argument("--src", type=Path, default=ROOT / "_build" / "executed")
+    html.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    verify = commands.add_parser("check", help="check a built book")
+    verify.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    args = parser.parse_args(argv)
+
+    if args.command == "execute":
+        extra = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
+        execute(args.scale, args.out, parameters=extra, only=args.only)
+    elif args.command == "build":
+        index = build(args.src, args.html)
+        problems = check(args.html)
+        print("\n".join(problems) or f"[jepabook] built {index}")
+        return 1 if problems else 0
+    else:
+        problems = check(args.html)
+        print("\n".join(problems) or "[jepabook] every chapter page is present, with figures")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

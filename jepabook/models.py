@@ -1,0 +1,108 @@
+"""Small encoders used in the book and the tests: an MLP, a CNN and a tiny ViT.
+
+Every encoder maps a batch to embeddings without mixing samples in eval mode, so JEPA-SCORE's
+batched Jacobian is valid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """(B, D) -> (B, K) multilayer perceptron with GELU activations.
+
+    Args:
+        in_dim: D.
+        out_dim: K.
+        hidden: width of each hidden layer.
+        depth: number of hidden layers.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """(B, C, H, W) -> (B, K) convolutional encoder (BatchNorm, so eval mode matters).
+
+    Args:
+        in_channels: C.
+        out_dim: K.
+        width: channels of the first block (doubled in the second and third).
+    """
+
+    def __init__(self, in_channels: int = 1, out_dim: int = 64, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.GELU(), nn.MaxPool2d(2)
+            )
+
+        self.features = nn.Sequential(
+            block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width)
+        )
+        self.head = nn.Linear(4 * width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class TinyViT(nn.Module):
+    """(B, C, H, W) -> (B, K) (CLS token) or (B, N + 1, K) token outputs with `tokens=True`.
+
+    Args:
+        image_size: H = W.
+        patch_size: side of a square patch.
+        in_channels: C.
+        dim: token width.
+        depth: transformer blocks.
+        heads: attention heads.
+        out_dim: K (a linear projection of the tokens).
+        tokens: return every token instead of the CLS token.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        patch_size: int = 7,
+        in_channels: int = 1,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        out_dim: int = 64,
+        tokens: bool = False,
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        n_patches = (image_size // patch_size) ** 2
+        self.patchify = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(0.02 * torch.randn(1, n_patches + 1, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+        self.tokens = tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patchify(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+        cls = self.cls.expand(x.shape[0], -1, -1)
+        h = self.blocks(torch.cat([cls, patches], 1) + self.position)
+        out = self.head(self.norm(h))
+        return out if self.tokens else out[:, 0]
