@@ -1,8 +1,8 @@
 """Run and build the book: scales, devices, papermill execution and the HTML build.
 
-    python -m jepabook.book execute --scale ci --out _build/executed   # every chapter, with papermill
-    python -m jepabook.book build --src _build/executed --html _build/html
-    python -m jepabook.book check --html _build/html                   # every chapter page, with figures
+python -m jepabook.book execute --scale ci --out _build/executed   # every chapter, with papermill
+python -m jepabook.book build --src _build/executed --html _build/html
+python -m jepabook.book check --html _build/html                   # every chapter page, with figures
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def settings(scale: str, table: dict[str, dict[str, Any]]) -> SimpleNamespace:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None) means CUDA when present, else CPU; anything else is passed to torch.device."""
+    """ "auto" (or None) means CUDA when present, else CPU; anything else is passed to torch.device."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -137,7 +137,9 @@ def check(html: Path, root: Path = ROOT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepabook.book", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m jepabook.book", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("execute", help="execute every chapter with papermill")
     run.add_argument("--scale", default=default_scale(), choices=SCALES)

@@ -29,9 +29,13 @@ class GaussianMixture:
             raise ValueError(f"means: expected shape (C, D), got {tuple(means.shape)}")
         C, D = means.shape
         if weights.shape != (C,) or not bool((weights > 0).all()):
-            raise ValueError(f"weights: expected {C} positive numbers, got shape {tuple(weights.shape)}")
+            raise ValueError(
+                f"weights: expected {C} positive numbers, got shape {tuple(weights.shape)}"
+            )
         if covariances.shape != (C, D, D):
-            raise ValueError(f"covariances: expected shape ({C}, {D}, {D}), got {tuple(covariances.shape)}")
+            raise ValueError(
+                f"covariances: expected shape ({C}, {D}, {D}), got {tuple(covariances.shape)}"
+            )
         self.weights = weights / weights.sum()
         self.means = means
         self.covariances = covariances

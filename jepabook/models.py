@@ -87,7 +87,9 @@ class TinyViT(nn.Module):
     ):
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+            raise ValueError(
+                f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}"
+            )
         n_patches = (image_size // patch_size) ** 2
         self.patchify = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))

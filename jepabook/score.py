@@ -169,14 +169,18 @@ def _embedding_width(encoder: Callable, x1: torch.Tensor) -> int:
     with torch.no_grad():
         out = encoder(x1)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model: expected a tensor output of shape (B, K), got {type(out).__name__}")
+        raise TypeError(
+            f"model: expected a tensor output of shape (B, K), got {type(out).__name__}"
+        )
     if out.ndim == 3:
         raise ValueError(
             f"model: output has token shape {tuple(out.shape)} (B, N, K); "
             "pass pool='mean' or pool='first' to reduce it to (B, K)"
         )
     if out.ndim != 2:
-        raise ValueError(f"model: expected output of shape (B, K) or (B, N, K), got {tuple(out.shape)}")
+        raise ValueError(
+            f"model: expected output of shape (B, K) or (B, N, K), got {tuple(out.shape)}"
+        )
     if out.shape[0] != 1:
         raise ValueError(
             f"model: batch mismatch: 1 input sample gave {out.shape[0]} output rows; "
@@ -192,14 +196,23 @@ def _auto_chunk_size(K: int, D: int, itemsize: int, budget: int) -> int:
 
 
 def _check_inputs(
-    model: Callable, x: torch.Tensor, eps: float, pool: str | None, mode: str, chunk_size: int | None
+    model: Callable,
+    x: torch.Tensor,
+    eps: float,
+    pool: str | None,
+    mode: str,
+    chunk_size: int | None,
 ) -> None:
     if not callable(model):
-        raise TypeError(f"model: expected a callable encoder (e.g. nn.Module), got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a callable encoder (e.g. nn.Module), got {type(model).__name__}"
+        )
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor of shape (B, ...), got {type(x).__name__}")
     if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x: expected a non-empty batch of shape (B, ...) with B >= 1, got {tuple(x.shape)}")
+        raise ValueError(
+            f"x: expected a non-empty batch of shape (B, ...) with B >= 1, got {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     if not eps > 0:

@@ -24,13 +24,18 @@ def scipy_log_prob(mixture: GaussianMixture, x: np.ndarray) -> np.ndarray:
 def test_log_prob_matches_scipy(covariance):
     mixture = GaussianMixture.random(3, 4, seed=1, covariance=covariance)
     x = mixture.sample(50, seed=2).double()
-    np.testing.assert_allclose(mixture.log_prob(x).numpy(), scipy_log_prob(mixture, x.numpy()), rtol=1e-10)
+    np.testing.assert_allclose(
+        mixture.log_prob(x).numpy(), scipy_log_prob(mixture, x.numpy()), rtol=1e-10
+    )
 
 
 def test_density_integrates_to_one_in_1d():
     mixture = GaussianMixture.random(1, 3, seed=3)
     total, _ = integrate.quad(
-        lambda t: float(mixture.log_prob(torch.tensor([[t]], dtype=torch.float64)).exp()), -30, 30, limit=200
+        lambda t: float(mixture.log_prob(torch.tensor([[t]], dtype=torch.float64)).exp()),
+        -30,
+        30,
+        limit=200,
     )
     assert abs(total - 1) < 1e-8
 
@@ -67,7 +72,8 @@ def test_samples_have_the_mixture_moments():
     mixture = GaussianMixture.random(2, 3, seed=9)
     x = mixture.sample(100_000, seed=10).double()
     mean = (mixture.weights[:, None] * mixture.means).sum(0)
-    second = (mixture.weights[:, None, None] * (mixture.covariances + mixture.means[:, :, None] * mixture.means[:, None, :])).sum(0)  # fmt: skip
+    outer = mixture.means[:, :, None] * mixture.means[:, None, :]
+    second = (mixture.weights[:, None, None] * (mixture.covariances + outer)).sum(0)
     covariance = second - mean[:, None] * mean[None, :]
     torch.testing.assert_close(x.mean(0), mean, atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), covariance, atol=0.03, rtol=0)

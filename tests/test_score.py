@@ -126,7 +126,9 @@ def test_eps_rule_on_rank_deficient_jacobian():
     expected = np.log(sigma).sum() + (min(K, D) - rank) * math.log(eps)
     ours = jepa_score(Linear(A), x, eps=eps)
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-8)
-    np.testing.assert_allclose(reference_jepa_score(Linear(A), x, eps=eps).numpy(), expected, rtol=1e-8)
+    np.testing.assert_allclose(
+        reference_jepa_score(Linear(A), x, eps=eps).numpy(), expected, rtol=1e-8
+    )
     larger_eps = jepa_score(Linear(A), x, eps=1e-3)
     assert torch.all(larger_eps > ours + 2 * (math.log(1e-3) - math.log(eps)) - 1e-6)
 
