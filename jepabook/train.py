@@ -1,0 +1,236 @@
+"""The Gaussian-embedding JEPA training loop, with history and checkpoints.
+
+loss = (1 - lam) * prediction(predictor(f(view_1)), f(view_2)) + lam * anti_collapse(f(view_1), f(view_2))
+
+with anti_collapse SIGReg (sliced Epps-Pulley), VICReg-style moment matching, or nothing (a control).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from jepabook.book import resolve_device
+from jepabook.losses import moment_matching, prediction_loss, sigreg
+
+Regulariser = Literal["sigreg", "moments", "none"]
+CHECKPOINT_FORMAT = "jepabook-checkpoint-1"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of `train_jepa` (all plain values, saved with checkpoints)."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    lam: float = 0.05
+    regulariser: Regulariser = "sigreg"
+    n_slices: int = 256
+    eval_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.regulariser not in ("sigreg", "moments", "none"):
+            raise ValueError(
+                f"regulariser: expected 'sigreg', 'moments' or 'none', got {self.regulariser!r}"
+            )
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"lam: expected a weight in [0, 1], got {self.lam}")
+        for name in ("steps", "batch_size", "eval_every", "n_slices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+
+@dataclass
+class History:
+    """Loss terms per step and the Gaussianity of held-out embeddings every `eval_every` steps."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    prediction: list[float] = field(default_factory=list)
+    regulariser: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    held_out_sigreg: list[float] = field(default_factory=list)
+
+    def to_frame(self):
+        """(per-step frame, per-evaluation frame) as pandas DataFrames."""
+        import pandas as pd
+
+        steps = pd.DataFrame(
+            {k: getattr(self, k) for k in ("step", "loss", "prediction", "regulariser", "lr")}
+        )
+        evals = pd.DataFrame({"step": self.eval_step, "held_out_sigreg": self.held_out_sigreg})
+        return steps, evals
+
+
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def gaussianity(encoder: nn.Module, x: torch.Tensor, n_slices: int = 256, seed: int = 0) -> float:
+    """SIGReg of the embeddings of held-out x (N, ...) with fixed directions: ~1 when Gaussian."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        z = encoder(x)
+    encoder.train(was_training)
+    generator = torch.Generator(device=z.device).manual_seed(seed)
+    return float(sigreg(z, n_slices, generator=generator))
+
+
+def train_jepa(
+    encoder: nn.Module,
+    predictor: nn.Module,
+    views: nn.Module,
+    data: torch.Tensor,
+    config: TrainConfig | None = None,
+    *,
+    held_out: torch.Tensor | None = None,
+) -> History:
+    """Train encoder and predictor in place; returns the history.
+
+    Args:
+        encoder: (B, ...) -> (B, K).
+        predictor: (B, K) -> (B, K).
+        views: module with forward(x, generator) -> a random perturbed view of x (B, ...).
+        data: (N, ...) training samples (moved to the device batch by batch).
+        config: hyper-parameters (TrainConfig()).
+        held_out: (M, ...) samples whose embedding Gaussianity is tracked every `eval_every` steps.
+    """
+    config = config or TrainConfig()
+    if data.ndim < 2 or data.shape[0] < 2:
+        raise ValueError(f"data: expected a batch (N, ...) with N >= 2, got {tuple(data.shape)}")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    encoder.to(device).train()
+    predictor.to(device).train()
+    parameters = list(encoder.parameters()) + list(predictor.parameters())
+    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: cosine_schedule(s, config.steps, config.warmup)
+    )
+    data = data.to(device)
+    held_out = held_out.to(device) if held_out is not None else None
+    history = History()
+    batch = min(config.batch_size, data.shape[0])
+    for step in tqdm(
+        range(config.steps), disable=not config.progress, desc="training", leave=False
+    ):
+        index = torch.randint(0, data.shape[0], (batch,), generator=generator, device=device)
+        x = data[index]
+        z1, z2 = encoder(views(x, generator)), encoder(views(x, generator))
+        prediction = 0.5 * (prediction_loss(predictor(z1), z2) + prediction_loss(predictor(z2), z1))
+        regulariser = _anti_collapse(torch.cat([z1, z2]), config, generator)
+        loss = (1 - config.lam) * prediction + config.lam * regulariser
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        _record(history, step, loss, prediction, regulariser, schedule.get_last_lr()[0])
+        schedule.step()
+        if held_out is not None and (step % config.eval_every == 0 or step == config.steps - 1):
+            history.eval_step.append(step)
+            history.held_out_sigreg.append(gaussianity(encoder, held_out, config.n_slices))
+    encoder.eval()
+    predictor.eval()
+    return history
+
+
+def _anti_collapse(
+    z: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    if config.regulariser == "sigreg":
+        return sigreg(z, config.n_slices, generator=generator)
+    if config.regulariser == "moments":
+        return moment_matching(z)
+    return z.new_zeros(())
+
+
+def _record(history: History, step: int, loss, prediction, regulariser, lr: float) -> None:
+    history.step.append(step)
+    history.loss.append(float(loss.detach()))
+    history.prediction.append(float(prediction.detach()))
+    history.regulariser.append(float(regulariser.detach()))
+    history.lr.append(lr)
+
+
+def save_checkpoint(
+    path: str | Path,
+    encoder: nn.Module,
+    predictor: nn.Module | None = None,
+    *,
+    config: TrainConfig | None = None,
+    history: History | None = None,
+) -> Path:
+    """Write encoder (and predictor) weights, the config and the history to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "encoder": encoder.state_dict(),
+        "predictor": predictor.state_dict() if predictor is not None else None,
+        "config": asdict(config) if config is not None else None,
+        "history": asdict(history) if history is not None else None,
+    }
+    temporary = path.with_suffix(path.suffix + ".partial")
+    torch.save(state, temporary)
+    temporary.replace(path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, encoder: nn.Module, predictor: nn.Module | None = None
+) -> tuple[TrainConfig | None, History | None]:
+    """Load weights saved by `save_checkpoint` into encoder (and predictor); returns (config, history).
+
+    Raises:
+        FileNotFoundError: no file at path.
+        ValueError: the file is not a jepabook checkpoint, is corrupt, or does not fit the modules.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"path: {path} is not a readable checkpoint (corrupt or truncated): {error}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"path: {path} is not a jepabook checkpoint (format {CHECKPOINT_FORMAT})")
+    _load_into(encoder, state["encoder"], "encoder", path)
+    if predictor is not None:
+        if state["predictor"] is None:
+            raise ValueError(f"predictor: {path} holds no predictor weights")
+        _load_into(predictor, state["predictor"], "predictor", path)
+    config = TrainConfig(**state["config"]) if state["config"] else None
+    history = History(**state["history"]) if state["history"] else None
+    return config, history
+
+
+def _load_into(module: nn.Module, weights: dict, name: str, path: Path) -> None:
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ValueError(
+            f"{name}: the weights in {path} do not fit this architecture: {' '.join(first[:3])}"
+        ) from None
