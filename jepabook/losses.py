@@ -37,10 +37,31 @@ def epps_pulley(projections: torch.Tensor, n_points: int = 17, t_max: float = 3.
     n = projections.shape[0]
     t, weights = epps_pulley_grid(n_points, t_max, device=projections.device)
     t, weights = t.to(projections.dtype), weights.to(projections.dtype)
-    angles = projections.unsqueeze(-1) * t  # (N, M, T)
-    real = torch.cos(angles).mean(0) - torch.exp(-0.5 * t**2)  # (M, T)
-    imaginary = torch.sin(angles).mean(0)
+    real, imaginary = _EmpiricalCharacteristicFunction.apply(projections, t)  # (M, T) each
+    real = real - torch.exp(-0.5 * t**2)
     return n * ((real**2 + imaginary**2) * weights).sum(-1)
+
+
+class _EmpiricalCharacteristicFunction(torch.autograd.Function):
+    """(N, M) samples, (T,) nodes -> real and imaginary parts (M, T) of mean_n exp(i t x_nm).
+
+    Saves cos and sin for the backward pass instead of letting autograd recompute them: about
+    twice as fast as the plain autograd graph, which is what a training step spends most time on.
+    """
+
+    @staticmethod
+    def forward(ctx, projections: torch.Tensor, t: torch.Tensor):
+        angles = projections.unsqueeze(-1) * t  # (N, M, T)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        ctx.save_for_backward(cos, sin, t)
+        return cos.mean(0), sin.mean(0)
+
+    @staticmethod
+    def backward(ctx, grad_real: torch.Tensor, grad_imaginary: torch.Tensor):
+        cos, sin, t = ctx.saved_tensors
+        grad = torch.einsum("nmt,mt->nm", cos, grad_imaginary * t)
+        grad -= torch.einsum("nmt,mt->nm", sin, grad_real * t)
+        return grad / cos.shape[0], None
 
 
 def random_directions(

@@ -87,3 +87,8 @@ def test_bad_embeddings_are_named():
         sigreg(torch.randn(10))
     with pytest.raises(ValueError, match="z: expected embeddings"):
         moment_matching(torch.randn(1, 4))
+
+
+def test_epps_pulley_gradient_matches_finite_differences():
+    projections = torch.randn(12, 3, dtype=torch.float64, generator=fixed(4), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p: epps_pulley(p, n_points=5), (projections,))
