@@ -8,7 +8,7 @@ For an encoder f: R^D -> R^K and a sample x, with J = J_f(x) in R^{K x D},
 
 `reference_jepa_score` is the paper's Appendix B listing, kept exactly for comparison.
 `jepa_score` is the implementation to use: exact, batched in chunks with bounded memory, log-determinant
-accumulated in float64 from the small Gram matrix instead of an SVD of the K x D Jacobian.
+accumulated in float64 from a QR factorisation and the SVD of its small min(K, D)-sized triangle.
 """
 
 from __future__ import annotations
@@ -137,7 +137,10 @@ def _pullback_loop(encoder: Callable, x: torch.Tensor, basis: torch.Tensor) -> t
 def logdet_from_jacobian(J: torch.Tensor, eps: float) -> torch.Tensor:
     """Sum of log max(sigma_k, eps) over the min(K, D) singular values of each Jacobian.
 
-    Uses the eigenvalues of the min(K, D)-sized Gram matrix in float64 (sigma_k^2 = lambda_k).
+    In float64: a QR factorisation of the tall side (J^T when K <= D) leaves a min(K, D)-sized
+    triangle R with the same singular values as J, and only R goes through an SVD. Unlike the
+    eigenvalues of the Gram matrix J J^T, this does not square the condition number, so singular
+    values near eps keep their digits.
 
     Args:
         J: (B, K, D) Jacobians.
@@ -147,9 +150,9 @@ def logdet_from_jacobian(J: torch.Tensor, eps: float) -> torch.Tensor:
         (B,) float64 scores.
     """
     J = J.to(torch.float64)
-    gram = J @ J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J.transpose(1, 2) @ J
-    eigenvalues = torch.linalg.eigvalsh(gram)
-    return 0.5 * eigenvalues.clamp(min=eps**2).log().sum(-1)
+    tall = J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J
+    R = torch.linalg.qr(tall, mode="r").R  # (B, min(K, D), min(K, D))
+    return torch.linalg.svdvals(R).clamp(min=eps).log().sum(-1)
 
 
 def _pooled(model: Callable, pool: Pool | None) -> Callable[[torch.Tensor], torch.Tensor]:
