@@ -8,7 +8,6 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= $(or $(JEPABOOK_SCALE),default)
 
 export HF_HUB_OFFLINE := 1
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: venv book chapters test lint format clean

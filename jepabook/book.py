@@ -83,6 +83,9 @@ def execute(
     """Execute chapters with papermill into `out`, a copy of the book tree; returns executed paths."""
     import papermill
 
+    # The kernels inherit this environment: a non-interactive MPLBACKEND (Agg) would stop the inline
+    # backend from storing figures in the executed notebooks.
+    os.environ.pop("MPLBACKEND", None)
     out.mkdir(parents=True, exist_ok=True)
     for name in BOOK_FILES:
         shutil.copy2(root / name, out / name)
