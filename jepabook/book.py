@@ -139,6 +139,24 @@ def check(html: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+def export_figure(notebook: Path, index: int, out: Path) -> Path:
+    """Write the index-th PNG figure (0-based, in cell order) of an executed notebook to `out`."""
+    import base64
+    import json
+
+    figures = [
+        output["data"]["image/png"]
+        for cell in json.loads(notebook.read_text())["cells"]
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    if not 0 <= index < len(figures):
+        raise ValueError(f"index: {notebook} has {len(figures)} figures, got index {index}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(figures[index]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jepabook.book", description=__doc__.split("\n")[0]
@@ -155,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     html.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
     verify = commands.add_parser("check", help="check a built book")
     verify.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    figure = commands.add_parser("figure", help="export one figure of an executed chapter as PNG")
+    figure.add_argument("notebook", type=Path)
+    figure.add_argument("index", type=int)
+    figure.add_argument("out", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "execute":
@@ -165,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         problems = check(args.html)
         print("\n".join(problems) or f"[jepabook] built {index}")
         return 1 if problems else 0
+    elif args.command == "figure":
+        print(f"[jepabook] wrote {export_figure(args.notebook, args.index, args.out)}")
     else:
         problems = check(args.html)
         print("\n".join(problems) or "[jepabook] every chapter page is present, with figures")

@@ -26,3 +26,7 @@ def test_ci_scale_book_builds_with_every_chapter_and_figure(tmp_path: Path):
     index = book.build(tmp_path / "executed", tmp_path / "html")
     assert index.exists()
     assert book.check(tmp_path / "html") == []
+    png = book.export_figure(executed[0], 0, tmp_path / "figure.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="index"):
+        book.export_figure(executed[0], 999, tmp_path / "none.png")
