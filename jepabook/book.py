@@ -112,6 +112,8 @@ def execute(
 
 def build(src: Path, html: Path) -> Path:
     """Build HTML from an executed tree with jupyter-book (execution off); returns html/index.html."""
+    for name in BOOK_FILES:  # the current configuration, even if the chapters were executed before
+        shutil.copy2(ROOT / name, src / name)
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--builder", "html"]
     subprocess.run(command + ["--quiet"], check=True)
@@ -134,6 +136,8 @@ def check(html: Path, root: Path = ROOT) -> list[str]:
         text = page.read_text(errors="replace")
         if "<img" not in text:
             problems.append(f"{page} has no figure")
+        if "mathjax" in text and "_static/mathjax/" not in text:
+            problems.append(f"{page} loads MathJax from the network (equations unreadable offline)")
         if "Traceback (most recent call last)" in text or 'class="output traceback' in text:
             problems.append(f"{page} shows an error")
     return problems
