@@ -88,11 +88,7 @@ class GaussianMixture:
 
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
         """(n, D) float32 samples; `seed` makes them repeatable."""
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(seed)
+        g = seeded_generator(seed)
         components = torch.multinomial(self.weights, n, replacement=True, generator=g)
         noise = torch.randn(n, self.dim, 1, generator=g, dtype=torch.float64)
         x = self.means[components] + (self.cholesky[components] @ noise).squeeze(-1)
@@ -128,6 +124,16 @@ class GaussianMixture:
 
     def __repr__(self) -> str:
         return f"GaussianMixture(dim={self.dim}, n_components={self.n_components})"
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with `seed`, or from fresh entropy when seed is None."""
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
 
 
 def _dtype_of(x: torch.Tensor) -> torch.dtype:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jepabook.data import GaussianMixture
+from jepabook.data import GaussianMixture, seeded_generator
 from jepabook.score import jepa_score
 
 LOG_2PI = math.log(2 * math.pi)
@@ -558,11 +558,7 @@ class RadialAngularLaw:
 
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
         """(n, 2) float64 samples: Rayleigh radius, angle by rejection from the uniform."""
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(seed)
+        g = seeded_generator(seed)
         r = self.scale * torch.sqrt(
             -2 * torch.log1p(-torch.rand(n, generator=g, dtype=torch.float64))
         )
