@@ -1,4 +1,4 @@
-"""Small encoders used in the book and the tests: an MLP, a CNN and a tiny ViT.
+"""Small encoders used in the book and the tests: an MLP, a whitening residual encoder, a CNN and a tiny ViT.
 
 Every encoder maps a batch to embeddings without mixing samples in eval mode, so JEPA-SCORE's
 batched Jacobian is valid.
@@ -108,3 +108,56 @@ class TinyViT(nn.Module):
         h = self.blocks(torch.cat([cls, patches], 1) + self.position)
         out = self.head(self.norm(h))
         return out if self.tokens else out[:, 0]
+
+
+class ResidualEncoder(nn.Module):
+    """(B, D) -> (B, K): whiten, then a linear map plus a small residual MLP.
+
+    f(x) = A u + g(u),  u = W (x - m),
+    with m and W fixed from the training data (mean and inverse Cholesky factor of the covariance),
+    A initialised to the identity (the first K coordinates; zero-padded when K > D) and the last layer
+    of g scaled by `gain`. At initialisation f is (close to) the whitening map, an orientation-
+    preserving bijection when K = D, so training starts unfolded; the whitening is affine, so it
+    only shifts JEPA-SCORE by a constant.
+
+    Args:
+        mean: (D,) data mean m.
+        whitening: (D, D) W.
+        width: K.
+        hidden, depth: of the residual MLP g.
+        gain: scale of g's last layer at initialisation.
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        whitening: torch.Tensor,
+        width: int,
+        *,
+        hidden: int = 128,
+        depth: int = 3,
+        gain: float = 0.1,
+    ):
+        super().__init__()
+        dim = mean.shape[0]
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("whitening", whitening.detach().clone().float())
+        self.linear = nn.Linear(dim, width)
+        self.residual = MLP(dim, width, hidden=hidden, depth=depth)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(width, dim))
+            self.linear.bias.zero_()
+            self.residual.net[-1].weight.mul_(gain)
+            self.residual.net[-1].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = (x - self.mean.to(x.dtype)) @ self.whitening.to(x.dtype).T
+        return self.linear(u) + self.residual(u)
+
+
+def whitening_of(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and whitening matrix W (D, D) (inverse Cholesky factor of the covariance) of data (N, D)."""
+    data = data.double()
+    covariance = torch.atleast_2d(torch.cov(data.T))
+    covariance += 1e-6 * covariance.diagonal().mean() * torch.eye(data.shape[1], dtype=data.dtype)
+    return data.mean(0), torch.linalg.inv(torch.linalg.cholesky(covariance))
