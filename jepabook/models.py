@@ -155,6 +155,18 @@ class ResidualEncoder(nn.Module):
         return self.linear(u) + self.residual(u)
 
 
+ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "vit": TinyViT}
+
+
+def build_encoder(architecture: str, **kwargs) -> nn.Module:
+    """An encoder of the book by name ("mlp", "cnn" or "vit") and its constructor arguments."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"architecture: expected one of {sorted(ARCHITECTURES)}, got {architecture!r}"
+        )
+    return ARCHITECTURES[architecture](**kwargs)
+
+
 def whitening_of(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and whitening matrix W (D, D) (inverse Cholesky factor of the covariance) of data (N, D)."""
     data = data.double()

@@ -1,6 +1,8 @@
 """The Gaussian-embedding JEPA training loop, with history and checkpoints.
 
-loss = (1 - lam) * prediction(predictor(f(view_1)), f(view_2)) + lam * anti_collapse(f(view_1), f(view_2))
+loss = (1 - lam) * mean_{v != u} prediction(predictor(f(view_v)), f(view_u)) + lam * anti_collapse(f(views))
+
+over n_views random views of each sample (2 by default), all encoded in one batch,
 
 with anti_collapse SIGReg (sliced Epps-Pulley), VICReg-style moment matching, or nothing (a control).
 """
@@ -35,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 100
     lam: float = 0.05
+    n_views: int = 2
     regulariser: Regulariser = "sigreg"
     n_slices: int = 256
     eval_every: int = 100
@@ -47,9 +50,11 @@ class TrainConfig:
             raise ValueError(
                 f"regulariser: expected 'sigreg', 'moments' or 'none', got {self.regulariser!r}"
             )
+        if self.n_views < 2:
+            raise ValueError(f"n_views: expected at least 2 views per sample, got {self.n_views}")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam: expected a weight in [0, 1], got {self.lam}")
-        for name in ("steps", "batch_size", "eval_every", "n_slices"):
+        for name in ("steps", "batch_size", "eval_every", "n_slices", "n_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
@@ -137,9 +142,10 @@ def train_jepa(
     ):
         index = torch.randint(0, data.shape[0], (batch,), generator=generator, device=device)
         x = data[index]
-        z1, z2 = encoder(views(x, generator)), encoder(views(x, generator))
-        prediction = 0.5 * (prediction_loss(predictor(z1), z2) + prediction_loss(predictor(z2), z1))
-        regulariser = _anti_collapse(torch.cat([z1, z2]), config, generator)
+        x_views = torch.cat([views(x, generator) for _ in range(config.n_views)])
+        z = encoder(x_views).view(config.n_views, batch, -1)
+        prediction = _multi_view_prediction(predictor, z)
+        regulariser = _anti_collapse(z.flatten(0, 1), config, generator)
         loss = (1 - config.lam) * prediction + config.lam * regulariser
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -152,6 +158,19 @@ def train_jepa(
     encoder.eval()
     predictor.eval()
     return history
+
+
+def _multi_view_prediction(predictor: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Mean of prediction_loss(predictor(z_v), z_u) over ordered pairs of views v != u; z (V, B, K)."""
+    n_views = z.shape[0]
+    predicted = predictor(z.flatten(0, 1)).view_as(z)
+    losses = [
+        prediction_loss(predicted[v], z[u])
+        for v in range(n_views)
+        for u in range(n_views)
+        if u != v
+    ]
+    return torch.stack(losses).mean()
 
 
 def _anti_collapse(
@@ -179,8 +198,14 @@ def save_checkpoint(
     *,
     config: TrainConfig | None = None,
     history: History | None = None,
+    meta: dict | None = None,
 ) -> Path:
-    """Write encoder (and predictor) weights, the config and the history to `path`."""
+    """Write encoder (and predictor) weights, the config, the history and `meta` to `path`.
+
+    `meta` holds plain values that describe the encoder (architecture, constructor arguments,
+    dataset, input normalisation): what `checkpoint_meta` returns and `jepabook.image_jepa`
+    needs to rebuild the encoder from the file alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -189,6 +214,7 @@ def save_checkpoint(
         "predictor": predictor.state_dict() if predictor is not None else None,
         "config": asdict(config) if config is not None else None,
         "history": asdict(history) if history is not None else None,
+        "meta": dict(meta) if meta is not None else None,
     }
     temporary = path.with_suffix(path.suffix + ".partial")
     torch.save(state, temporary)
@@ -205,6 +231,24 @@ def load_checkpoint(
         FileNotFoundError: no file at path.
         ValueError: the file is not a jepabook checkpoint, is corrupt, or does not fit the modules.
     """
+    state = _read_checkpoint(path)
+    path = Path(path)
+    _load_into(encoder, state["encoder"], "encoder", path)
+    if predictor is not None:
+        if state["predictor"] is None:
+            raise ValueError(f"predictor: {path} holds no predictor weights")
+        _load_into(predictor, state["predictor"], "predictor", path)
+    config = TrainConfig(**state["config"]) if state["config"] else None
+    history = History(**state["history"]) if state["history"] else None
+    return config, history
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """The `meta` dict saved with a checkpoint ({} when it has none); same errors as load_checkpoint."""
+    return dict(_read_checkpoint(path).get("meta") or {})
+
+
+def _read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path: no checkpoint at {path}")
@@ -216,14 +260,7 @@ def load_checkpoint(
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"path: {path} is not a jepabook checkpoint (format {CHECKPOINT_FORMAT})")
-    _load_into(encoder, state["encoder"], "encoder", path)
-    if predictor is not None:
-        if state["predictor"] is None:
-            raise ValueError(f"predictor: {path} holds no predictor weights")
-        _load_into(predictor, state["predictor"], "predictor", path)
-    config = TrainConfig(**state["config"]) if state["config"] else None
-    history = History(**state["history"]) if state["history"] else None
-    return config, history
+    return state
 
 
 def _load_into(module: nn.Module, weights: dict, name: str, path: Path) -> None:

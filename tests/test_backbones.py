@@ -1,0 +1,339 @@
+"""Pretrained backbones: every registry entry builds, real weight files load, missing ones are explained.
+
+No weights are downloaded: stand-in files with random weights are written in each library's real
+file layout (timm: model.safetensors; open_clip: open_clip_pytorch_model.bin; jepabook checkpoints)
+and loaded through the same path as real weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from jepabook import jepa_score
+from jepabook.backbones import (
+    BACKBONES,
+    Backbone,
+    MissingWeightsError,
+    list_backbones,
+    load_backbone,
+)
+from jepabook.image_jepa import TRAINED_ENCODERS, checkpoint_path
+from jepabook.models import build_encoder
+from jepabook.train import save_checkpoint
+
+FOUNDATION = [
+    "ijepa-h14-in1k",
+    "ijepa-h14-in22k",
+    "dinov2-s14",
+    "dinov2-b14",
+    "metaclip-b16-400m",
+    "metaclip-b32-400m",
+]
+DINO_REPO = "timm/vit_small_patch14_dinov2.lvd142m"
+CNN_META = {
+    "architecture": "cnn",
+    "arch_kwargs": {"in_channels": 1, "out_dim": 16, "width": 8},
+    "dataset": "fmnist",
+    "image_size": 28,
+    "in_channels": 1,
+    "mean": 0.286,
+    "std": 0.353,
+    "embed_dim": 16,
+}
+
+
+@pytest.fixture(autouse=True)
+def empty_caches(tmp_path, monkeypatch):
+    """Every cache the lookup reads points to an empty folder: the user's real caches never leak in."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JEPABOOK_DATA", str(tmp_path / "data"))
+
+
+@pytest.fixture(scope="module")
+def dinov2_standin(tmp_path_factory):
+    """A random ViT-S/14 DINOv2 saved as timm's model.safetensors (native 518 px layout)."""
+    import safetensors.torch
+    import timm
+
+    torch.manual_seed(1)
+    # dynamic_img_size: the same weights at any input size, position embeddings resampled
+    # in the forward pass exactly as timm resamples them when loading a file at another size
+    model = timm.create_model("vit_small_patch14_dinov2", dynamic_img_size=True).eval()
+    path = tmp_path_factory.mktemp("dinov2") / "model.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(path))
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def metaclip_standin(tmp_path_factory):
+    """A random MetaCLIP ViT-B/32 (image and text towers) saved as open_clip_pytorch_model.bin."""
+    import open_clip
+
+    torch.manual_seed(1)
+    model = open_clip.create_model("ViT-B-32-quickgelu").eval()
+    path = tmp_path_factory.mktemp("metaclip") / "open_clip_pytorch_model.bin"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def cnn_checkpoint(path, seed: int = 1):
+    """A trained-here-style checkpoint of a small random CNN; returns (path, encoder)."""
+    torch.manual_seed(seed)
+    encoder = build_encoder("cnn", in_channels=1, out_dim=16, width=8).eval()
+    save_checkpoint(path, encoder, meta=CNN_META)
+    return path, encoder
+
+
+def first_device(backbone: Backbone) -> torch.device:
+    return next(backbone.encoder.parameters()).device
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+def test_registry_names():
+    assert list_backbones() == [*FOUNDATION, *TRAINED_ENCODERS]
+    for name in ("fmnist-cnn", "fmnist-vit", "mnist-cnn"):
+        assert name in list_backbones()
+
+
+def test_registry_matches_the_libraries_pretrained_configs():
+    import open_clip
+    import timm
+
+    for name in FOUNDATION:
+        spec = BACKBONES[name]
+        if spec.library == "timm":
+            cfg = timm.models.get_pretrained_cfg(spec.model_id)
+            assert cfg is not None, name
+            assert cfg.hf_hub_id == spec.hf_repo, name
+            url = cfg.url
+        else:
+            assert (spec.model, spec.tag) in open_clip.list_pretrained(), name
+            cfg = open_clip.get_pretrained_cfg(spec.model, spec.tag)
+            assert cfg["hf_hub"].rstrip("/") == spec.hf_repo, name
+            url = cfg["url"]
+        assert url.rsplit("/", 1)[-1] == spec.release_file, name
+
+
+# --- random weights: every entry builds and has the documented K ------------------------------
+
+
+@pytest.mark.parametrize("name", ["ijepa-h14-in1k", "ijepa-h14-in22k"])
+def test_ijepa_vit_h_on_the_meta_device(name):
+    backbone = load_backbone(name, pretrained=False, device="meta")
+    n_params = sum(p.numel() for p in backbone.encoder.parameters())
+    assert 6.2e8 < n_params < 6.4e8  # ViT-H/14: 631M
+    assert (backbone.embed_dim, backbone.embedding, backbone.source) == (1280, "mean", "random")
+    assert backbone.input_size == (3, 224, 224)
+    out = backbone.encoder(torch.zeros(1, 3, 224, 224, device="meta"))
+    assert out.shape == (1, 1280)
+
+
+@pytest.mark.parametrize(
+    "name, size, K, embedding",
+    [
+        ("dinov2-s14", 28, 384, "cls"),
+        ("dinov2-b14", 28, 768, "cls"),
+        ("metaclip-b16-400m", 32, 512, "proj"),
+        ("metaclip-b32-400m", 64, 512, "proj"),
+    ],
+)
+def test_foundation_models_with_random_weights(name, size, K, embedding):
+    backbone = load_backbone(name, pretrained=False, image_size=size)
+    assert (backbone.embed_dim, backbone.embedding, backbone.source) == (K, embedding, "random")
+    assert BACKBONES[name].embed_dim == K
+    assert backbone.input_size == (3, size, size)
+    assert not backbone.encoder.training
+    with torch.no_grad():
+        out = backbone.encoder(torch.randn(1, 3, size, size))
+    assert out.shape == (1, K) and torch.isfinite(out).all()
+    assert backbone.preprocess(Image.new("L", (45, 30))).shape == (3, size, size)
+
+
+@pytest.mark.parametrize("name", TRAINED_ENCODERS)
+def test_trained_here_names_with_random_weights(name):
+    backbone = load_backbone(name, pretrained=False)
+    assert backbone.source == "random" and backbone.embedding == "output"
+    with torch.no_grad():
+        out = backbone.encoder(torch.randn(1, *backbone.input_size))
+    assert out.shape == (1, backbone.embed_dim)
+
+
+@pytest.mark.parametrize(
+    "name, embedding, K, size",
+    [
+        ("dinov2-s14", "mean", 384, 28),
+        ("dinov2-s14", "pooled", 384, 28),
+    ],
+)
+def test_other_embeddings(name, embedding, K, size):
+    backbone = load_backbone(name, pretrained=False, embedding=embedding, image_size=size)
+    with torch.no_grad():
+        out = backbone.encoder(torch.randn(2, 3, size, size))
+    assert backbone.embedding == embedding and out.shape == (2, K) == (2, backbone.embed_dim)
+
+
+def test_dinov2_cls_and_mean_are_the_documented_tokens(dinov2_standin):
+    path, model = dinov2_standin
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        tokens = model.forward_features(x)  # (1, 1 + 4, 384)
+        cls = load_backbone("dinov2-s14", weights=path, image_size=28).encoder(x)
+        mean = load_backbone("dinov2-s14", weights=path, image_size=28, embedding="mean").encoder(x)
+    torch.testing.assert_close(cls, tokens[:, 0])
+    torch.testing.assert_close(mean, tokens[:, 1:].mean(1))
+
+
+# --- real file layouts load through the real path ---------------------------------------------
+
+
+def test_timm_weights_file_loads_and_changes_the_outputs(dinov2_standin):
+    path, model = dinov2_standin
+    x = torch.randn(2, 3, 56, 56)
+    loaded = load_backbone("dinov2-s14", weights=path, image_size=56)
+    torch.manual_seed(0)
+    random = load_backbone("dinov2-s14", pretrained=False, image_size=56)
+    with torch.no_grad():
+        out, expected, other = loaded.encoder(x), model.forward_features(x)[:, 0], random.encoder(x)
+    assert loaded.source == str(path)
+    torch.testing.assert_close(out, expected)
+    assert (out - other).abs().max() > 0.1
+
+
+def test_weights_may_name_the_folder_holding_the_file(dinov2_standin):
+    path, _ = dinov2_standin
+    assert load_backbone("dinov2-s14", weights=path.parent, image_size=28).source == str(path)
+
+
+def test_hf_cache_is_found_offline(dinov2_standin, tmp_path):
+    path, model = dinov2_standin
+    repo = tmp_path / "hf" / ("models--" + DINO_REPO.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(path)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    backbone = load_backbone("dinov2-s14", image_size=28)
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.encoder(x), model.forward_features(x)[:, 0])
+    assert backbone.source == "hf-cache"
+
+
+def test_open_clip_weights_file_loads_and_changes_the_outputs(metaclip_standin):
+    path, model = metaclip_standin
+    x = torch.randn(1, 3, 224, 224)
+    loaded = load_backbone("metaclip-b32-400m", weights=path)
+    torch.manual_seed(0)
+    random = load_backbone("metaclip-b32-400m", pretrained=False)
+    with torch.no_grad():
+        out, expected, other = loaded.encoder(x), model.encode_image(x), random.encoder(x)
+    assert loaded.source == str(path) and loaded.embed_dim == 512
+    torch.testing.assert_close(out, expected)
+    assert (out - other).abs().max() > 0.1
+
+
+def test_torch_hub_cache_holds_the_release_file(metaclip_standin, tmp_path):
+    path, model = metaclip_standin
+    cached = (
+        tmp_path / "torch" / "hub" / "checkpoints" / BACKBONES["metaclip-b32-400m"].release_file
+    )
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(path)
+    backbone = load_backbone("metaclip-b32-400m", embedding="cls", image_size=64)
+    assert backbone.source == "torch-hub-cache" and backbone.embed_dim == 768
+    with torch.no_grad():
+        assert backbone.encoder(torch.randn(2, 3, 64, 64)).shape == (2, 768)
+
+
+def test_trained_here_checkpoint_loads_from_a_path_and_from_the_default_place(tmp_path):
+    path, encoder = cnn_checkpoint(tmp_path / "fmnist-cnn.pt")
+    x = torch.randn(3, 1, 28, 28)
+    loaded = load_backbone("fmnist-cnn", weights=path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encoder(x), encoder(x))
+    assert (loaded.source, loaded.embed_dim, loaded.input_size) == (str(path), 16, (1, 28, 28))
+
+    default, _ = cnn_checkpoint(checkpoint_path("fmnist-cnn", "ci"), seed=2)
+    found = load_backbone("fmnist-cnn")
+    torch.manual_seed(0)
+    random = load_backbone("fmnist-cnn", pretrained=False)  # the checkpoint's architecture
+    assert found.source == str(default) and random.embed_dim == 16
+    with torch.no_grad():
+        assert (found.encoder(x) - random.encoder(x)).abs().max() > 1e-3
+
+    pixel = loaded.preprocess(Image.new("RGB", (40, 40), (255, 255, 255)))
+    torch.testing.assert_close(pixel, torch.full((1, 28, 28), (1 - 0.286) / 0.353))
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FOUNDATION)
+def test_missing_weights_say_what_to_download(name):
+    spec = BACKBONES[name]
+    with pytest.raises(MissingWeightsError) as caught:
+        load_backbone(name)
+    message = str(caught.value)
+    assert "weights=" in message and spec.release_file in message
+    if spec.hf_repo:
+        assert spec.hf_repo in message and spec.hf_files[0] in message
+    assert isinstance(caught.value, FileNotFoundError)
+
+
+def test_missing_trained_checkpoint_says_how_to_make_it():
+    with pytest.raises(MissingWeightsError, match="make book") as caught:
+        load_backbone("mnist-cnn")
+    assert "python -m jepabook.image_jepa train mnist-cnn" in str(caught.value)
+    assert "weights=" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["dinov2-s14", "metaclip-b16-400m", "fmnist-cnn"])
+def test_missing_weights_file_is_named(name, tmp_path):
+    missing = tmp_path / "nowhere" / "model.safetensors"
+    with pytest.raises(MissingWeightsError, match=str(missing)):
+        load_backbone(name, weights=missing)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="name: expected one of .*dinov2-s14.*fmnist-cnn"):
+        load_backbone("dinov3")
+    with pytest.raises(ValueError, match=r"embedding: .*\['mean', 'pooled'\]"):
+        load_backbone("ijepa-h14-in1k", embedding="cls", pretrained=False, device="meta")
+    with pytest.raises(ValueError, match=r"embedding: .*\['proj', 'cls'\]"):
+        load_backbone("metaclip-b32-400m", embedding="mean")
+    with pytest.raises(ValueError, match="embedding: .*output"):
+        load_backbone("fmnist-cnn", embedding="cls")
+    with pytest.raises(ValueError, match="image_size: .*14"):
+        load_backbone("dinov2-s14", image_size=30, pretrained=False)
+    with pytest.raises(ValueError, match="weights: "):
+        load_backbone("dinov2-s14", weights="model.safetensors", pretrained=False)
+    with pytest.raises(ValueError, match="device: "):
+        load_backbone("dinov2-s14", device="meta")
+
+
+# --- JEPA-SCORE runs on them -------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("error:There is a performance drop")  # the fused-attention fallback
+def test_jepa_score_on_dinov2_with_random_weights():
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2-s14", pretrained=False, image_size=28)
+    score = jepa_score(backbone.encoder, torch.randn(1, 3, 28, 28))
+    assert score.shape == (1,) and math.isfinite(float(score[0]))
+
+
+def test_jepa_score_on_a_trained_here_cnn(tmp_path):
+    path, _ = cnn_checkpoint(tmp_path / "cnn.pt")
+    backbone = load_backbone("fmnist-cnn", weights=path)
+    images = [Image.new("L", (28, 28), value) for value in (0, 128)]
+    x = torch.stack([backbone.preprocess(image) for image in images])
+    score = jepa_score(backbone.encoder, x)
+    assert score.shape == (2,) and torch.isfinite(score).all()
