@@ -1,0 +1,356 @@
+"""Score every image of a folder with JEPA-SCORE, journalled so that an interrupted run can resume.
+
+Pipeline: `list_files(root)` -> `score_folder(files, backbone, root=root, journal=...)` appends each
+finished batch to a JSON-lines journal -> `merge_journals(paths)` -> `finalize(frame)` adds ranks ->
+`write_table(frame, out)` writes the result atomically.
+
+The journal `<out>.partial.jsonl` holds one JSON record per file (the output columns but rank), one
+batch per write, flushed and fsync'ed, so a kill loses at most the batch in flight (a torn last line is
+ignored). Parallel workers (e.g. torchrun ranks, each given `files[rank::world_size]`) write their own
+`journal_path(out, rank)`; `merge_journals` combines any set of journals, each path once.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from jepabook.score import jepa_score
+
+COLUMNS = ["path", "score", "rank", "embedding_norm", "status", "error", "backbone", "embedding"]
+RECORD_COLUMNS = [c for c in COLUMNS if c != "rank"]
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+def list_files(root: Path, exclude: Iterable[Path] = ()) -> list[Path]:
+    """Every file under root (recursively, symlinked folders not followed), as sorted relative paths.
+
+    `exclude` names files to leave out (the output and its journals when they live inside root).
+    """
+    skip = {Path(p).resolve() for p in exclude}
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            if path.resolve() not in skip:
+                found.append(path.relative_to(root))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def load_image(path: Path, preprocess) -> torch.Tensor:
+    """Open, fully decode and preprocess one image; (C, H, W). Raises ValueError with the reason."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:  # e.g. a dangling symlink
+        raise ValueError(f"unreadable file: {error.strerror or error}") from None
+    if size == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated or corrupt data fails here, not later
+            return preprocess(image)
+    except UnidentifiedImageError:
+        raise ValueError("not an image (PIL cannot identify the file format)") from None
+    except Exception as error:  # any decoder or preprocess failure is this file's problem alone
+        raise ValueError(f"unreadable image: {type(error).__name__}: {error}") from None
+
+
+def score_batch(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """JEPA-SCORE and embedding norm ||f(x)|| of a batch (B, C, H, W); two (B,) float64 tensors."""
+    scores = jepa_score(encoder, x)
+    with torch.no_grad():
+        norms = encoder(x).flatten(1).norm(dim=1).to(torch.float64)
+    return scores, norms
+
+
+def score_folder(
+    files: Sequence[Path],
+    backbone,
+    *,
+    root: Path,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    journal: Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score the given files (relative to root) in batches, appending each batch to `journal`.
+
+    Args:
+        files: paths relative to root; each gives one row, "ok" or "error" with the reason.
+        backbone: a `jepabook.backbones.Backbone` (encoder, preprocess, name, embedding).
+        batch_size: images per call to `jepa_score`.
+        journal: JSON-lines file the records of each finished batch are appended to, or None.
+
+    Returns:
+        one row per file with the `RECORD_COLUMNS` (no rank), in the order of `files`.
+    """
+    expected = tuple(getattr(backbone, "input_size", None) or ()) or None
+    records = []
+    with tqdm(total=len(files), unit="img", disable=not progress, desc="JEPA-SCORE") as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            batch = _score_chunk(chunk, backbone, root, device, expected)
+            if journal is not None:
+                append_journal(journal, batch)
+            records.extend(batch)
+            bar.update(len(chunk))
+    return pd.DataFrame(records, columns=RECORD_COLUMNS)
+
+
+def _score_chunk(chunk, backbone, root: Path, device, expected: tuple | None) -> list[dict]:
+    """Records for one batch of files: load each, score the readable ones together."""
+    meta = {"backbone": backbone.name, "embedding": backbone.embedding}
+    records, tensors = [], []
+    for rel in chunk:
+        record = {"path": rel.as_posix(), "score": None, "embedding_norm": None, **meta}
+        try:
+            tensor = load_image(root / rel, backbone.preprocess)
+            if expected is not None and tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"preprocess gave shape {tuple(tensor.shape)}, expected {expected}"
+                )
+            tensors.append(tensor)
+            record.update(status="ok", error=None)
+        except ValueError as error:
+            record.update(status="error", error=str(error))
+        records.append(record)
+    ok = [r for r in records if r["status"] == "ok"]
+    if tensors:
+        x = torch.stack(tensors).to(device)
+        for record, result in zip(ok, _score_tensors(backbone.encoder, x), strict=True):
+            record.update(result)
+    return records
+
+
+def _score_tensors(encoder, x: torch.Tensor) -> list[dict]:
+    """Score and norm per sample of x (B, ...); a non-finite Jacobian becomes that sample's error."""
+    try:
+        scores, norms = score_batch(encoder, x)
+    except FloatingPointError:
+        if len(x) == 1:
+            reason = "non-finite Jacobian: JEPA-SCORE undefined for this image"
+            return [{"score": None, "embedding_norm": None, "status": "error", "error": reason}]
+        # one bad sample must not cost the whole batch: redo it sample by sample
+        return [_score_tensors(encoder, x[i : i + 1])[0] for i in range(len(x))]
+    return [
+        {"score": float(s), "embedding_norm": float(n)}
+        for s, n in zip(scores.cpu().tolist(), norms.cpu().tolist(), strict=True)
+    ]
+
+
+def journal_path(out: Path, rank: int | None = None) -> Path:
+    """The journal of output `out`: `<out>.partial.jsonl`, or `<out>.rank<r>.partial.jsonl` per worker."""
+    tag = "" if rank is None else f".rank{rank}"
+    return out.with_name(f"{out.name}{tag}.partial.jsonl")
+
+
+def existing_journals(out: Path) -> list[Path]:
+    """Every journal of `out` present on disk (the single-process one and any per-rank ones)."""
+    pattern = f"{glob.escape(out.name)}*.partial.jsonl"
+    return sorted(out.parent.glob(pattern)) if out.parent.is_dir() else []
+
+
+def append_journal(path: Path, records: list[dict]) -> None:
+    """Append records (one JSON line each) in one write, then flush and fsync: a batch is durable."""
+    _drop_torn_tail(path)
+    text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left unfinished by a kill, so appended records start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":  # the usual case: only the last byte is read
+            return
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
+
+
+def read_journal(path: Path) -> Iterator[dict]:
+    """The records of one journal; a torn last line (the batch in flight at a kill) is skipped."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: written while the process died
+                return
+            raise ValueError(f"journal: {path} line {number} is not a JSON record") from None
+
+
+def merge_journals(paths: Iterable[Path]) -> pd.DataFrame:
+    """Combine journals into one frame with every path exactly once (its latest record wins)."""
+    records = [r for p in paths for r in read_journal(Path(p))]
+    return combine([pd.DataFrame(records, columns=RECORD_COLUMNS)])
+
+
+def combine(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate result frames; for a path present several times the last row wins; sorted by path."""
+    frames = [f[RECORD_COLUMNS] for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=RECORD_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+    return frame.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def finalize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add `rank` (1 = highest score among the ok rows, ties by path; null for errors); all COLUMNS."""
+    frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
+    frame["score"] = frame["score"].astype("float64")
+    frame["embedding_norm"] = frame["embedding_norm"].astype("float64")
+    ok = frame["status"] == "ok"
+    rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    rank[ok] = frame.loc[ok, "score"].rank(ascending=False, method="first").astype("int64")
+    frame["rank"] = rank
+    frame["error"] = frame["error"].astype("object").where(frame["error"].notna(), None)
+    return frame[COLUMNS]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A previous final output (.parquet or .csv) as record rows (without rank)."""
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            text = dict.fromkeys(("path", "status", "error", "backbone", "embedding"), "object")
+            frame = pd.read_csv(
+                path,
+                float_precision="round_trip",
+                keep_default_na=False,
+                na_values=[""],
+                dtype=text,
+            )
+    except Exception as error:  # pyarrow and the csv parser raise many kinds
+        raise ValueError(f"--out: cannot read the earlier results {path}: {error}") from None
+    missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"--out: {path} is not a scores file (missing columns {missing})")
+    return frame[RECORD_COLUMNS]
+
+
+def write_table(frame: pd.DataFrame, out: Path) -> None:
+    """Write .parquet or .csv atomically: a temporary file, fsync'ed, then renamed over `out`."""
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(
+            f"--out: expected a file ending in {' or '.join(OUTPUT_SUFFIXES)}, got {out}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            if out.suffix == ".parquet":
+                frame.to_parquet(handle, index=False)
+            else:
+                handle.write(frame.to_csv(index=False).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def time_per_image(seconds: float, n: int) -> str:
+    """'12.3 ms/image' style text (or 'n/a' when nothing was scored)."""
+    if n == 0 or not math.isfinite(seconds):
+        return "n/a"
+    per = seconds / n
+    return f"{per * 1e3:.1f} ms/image" if per < 1 else f"{per:.2f} s/image"
+
+
+def write_gallery(frame: pd.DataFrame, root: Path, path: Path, n: int = 8, title: str = "") -> None:
+    """Draw the n least and n most likely ok images of a scores frame: a .png figure or a .html page.
+
+    The .html page is self-contained (thumbnails embedded as base64 PNG).
+    """
+    ok = frame[frame["status"] == "ok"].sort_values("score", kind="stable")
+    rows = {"least likely": ok.head(n), "most likely": ok.tail(n).iloc[::-1]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".html":
+        path.write_text(_gallery_html(rows, root, title), encoding="utf-8")
+    else:
+        _gallery_png(rows, root, n, title).savefig(path)
+
+
+def _thumbnail(path: Path, size: int = 128) -> Image.Image:
+    """The image as RGB, shrunk to fit size x size (nearest, so tiny images stay crisp)."""
+    with Image.open(path) as image:
+        thumb = image.convert("RGB")
+    if max(thumb.size) < size:
+        scale = size // max(thumb.size)
+        return thumb.resize((thumb.width * scale, thumb.height * scale), Image.NEAREST)
+    thumb.thumbnail((size, size))
+    return thumb
+
+
+def _caption(row) -> str:
+    return f"#{int(row['rank'])}  {row['score']:.1f}"
+
+
+def _gallery_png(rows: dict[str, pd.DataFrame], root: Path, n: int, title: str):
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    from jepabook.plots import use_style
+
+    use_style()
+    fig = Figure(figsize=(1.5 * n, 3.9), constrained_layout=True)
+    axes = fig.subplots(2, n, squeeze=False)
+    for axes_row, (label, frame) in zip(axes, rows.items(), strict=True):
+        for ax in axes_row:
+            ax.axis("off")
+        axes_row[0].text(-0.08, 0.5, label, transform=axes_row[0].transAxes, rotation=90,
+                         ha="right", va="center", fontsize=10)  # fmt: skip
+        for ax, (_, row) in zip(axes_row, frame.iterrows(), strict=False):
+            ax.imshow(_thumbnail(root / row["path"]), interpolation="nearest")
+            name = Path(row["path"]).name
+            name = name if len(name) <= 18 else name[:8] + "…" + name[-9:]
+            ax.set_title(f"{_caption(row)}\n{name}", fontsize=8)
+    fig.suptitle(f"JEPA-SCORE {title}: least and most likely images".replace("  ", " "))
+    return fig
+
+
+def _gallery_html(rows: dict[str, pd.DataFrame], root: Path, title: str) -> str:
+    import base64
+    import html
+    import io
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>JEPA-SCORE gallery {html.escape(title)}</title><style>",
+        "body{font-family:sans-serif} .row{display:flex;flex-wrap:wrap;gap:12px}",
+        "figure{margin:0;width:140px;font-size:12px;word-break:break-all}",
+        "img{width:128px;image-rendering:pixelated}</style></head><body>",
+        f"<h1>JEPA-SCORE {html.escape(title)}</h1>",
+        "<p>Higher score = more likely under the encoder's learned density; rank 1 = most likely.</p>",
+    ]
+    for label, frame in rows.items():
+        parts.append(f"<h2>{label}</h2><div class='row'>")
+        for _, row in frame.iterrows():
+            buffer = io.BytesIO()
+            _thumbnail(root / row["path"]).save(buffer, format="PNG")
+            data = base64.b64encode(buffer.getvalue()).decode("ascii")
+            name = html.escape(row["path"])
+            parts.append(
+                f"<figure><img src='data:image/png;base64,{data}' alt='{name}'>"
+                f"<figcaption>{_caption(row)}<br>score {row['score']:.4f}<br>{name}</figcaption>"
+                "</figure>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
