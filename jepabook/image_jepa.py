@@ -7,13 +7,24 @@ rebuild it from the file alone.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from jepabook.models import build_encoder
+from jepabook.datasets import ImageSet, fashion_mnist, mnist_digits
+from jepabook.models import MLP, build_encoder
 from jepabook.paths import data_dir
-from jepabook.train import checkpoint_meta, load_checkpoint
+from jepabook.train import (
+    History,
+    TrainConfig,
+    checkpoint_meta,
+    load_checkpoint,
+    save_checkpoint,
+    train_jepa,
+)
+from jepabook.views import ImageViews
 
 TRAINED_ENCODERS = ("fmnist-cnn", "fmnist-vit", "mnist-cnn")
 SCALE_PREFERENCE = ("full", "default", "ci")
@@ -44,3 +55,159 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     encoder = build_encoder(meta["architecture"], **meta.get("arch_kwargs", {}))
     load_checkpoint(path, encoder)
     return encoder.eval(), meta
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How one trained-here encoder is trained (every field is saved in the checkpoint meta)."""
+
+    dataset: str
+    architecture: str
+    regulariser: str = "sigreg"
+    n_train: int | None = None  # None: the whole training split
+    steps: int = 300
+    batch_size: int = 256
+    n_views: int = 2
+    lam: float = 0.5
+    lr: float = 2e-3
+    out_dim: int = 64
+    width: int = 16
+    seed: int = 0
+
+    def variant(self, scale: str) -> str:
+        """File-name suffix: the scale, then every option that differs from the name's default."""
+        parts = [scale]
+        if self.regulariser != "sigreg":
+            parts.append(self.regulariser)
+        if self.n_train is not None:
+            parts.append(f"n{self.n_train}")
+        if self.seed:
+            parts.append(f"seed{self.seed}")
+        return "-".join(parts)
+
+    def arch_kwargs(self) -> dict:
+        """Constructor arguments of `build_encoder(self.architecture, ...)`."""
+        if self.architecture == "cnn":
+            return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width}
+        return {"out_dim": self.out_dim, "dim": 4 * self.width, "depth": 2, "heads": 4}
+
+
+NAMES = {"fmnist": "fashion-mnist", "mnist": "mnist"}
+SCALE_STEPS = {"ci": {"steps": 40, "batch_size": 64}, "default": {}, "full": {"steps": 5000}}
+CI_TRAIN_SIZE = 2000
+
+
+def recipe_for(name: str, scale: str = "default", **overrides) -> ImageRecipe:
+    """The recipe of encoder `name` ("<dataset>-<architecture>") at a scale, with overrides."""
+    dataset, _, architecture = name.partition("-")
+    if dataset not in NAMES or architecture not in ("cnn", "vit"):
+        raise ValueError(f"name: expected one of {TRAINED_ENCODERS}, got {name!r}")
+    if scale not in SCALE_STEPS:
+        raise ValueError(f"scale: expected one of {sorted(SCALE_STEPS)}, got {scale!r}")
+    values = {"dataset": NAMES[dataset], "architecture": architecture, **SCALE_STEPS[scale]}
+    if scale == "ci" and overrides.get("n_train") is None:
+        values["n_train"] = CI_TRAIN_SIZE
+    if overrides.get("n_train", 0) is None:
+        del overrides["n_train"]  # None asks for the scale's default size
+    return ImageRecipe(**{**values, **overrides})
+
+
+# ---------------------------------------------------------------- data and training
+
+SUBSET_SEED = 1234  # one fixed order of the training split, so that smaller subsets are nested
+
+
+def training_images(dataset: str, n_train: int | None = None) -> ImageSet:
+    """The first n_train images of a fixed random order of the training split (nested subsets)."""
+    images = fashion_mnist("train") if dataset == "fashion-mnist" else mnist_digits()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    if n_train is not None and not 1 < n_train <= len(images):
+        raise ValueError(f"n_train: expected 2..{len(images)} images of {dataset}, got {n_train}")
+    return images.subset(order[:n_train])
+
+
+def normalise(images: torch.Tensor, meta: dict) -> torch.Tensor:
+    """(N, 1, H, W) pixels in [0, 1] -> the encoder's input ((x - mean) / std of its training set)."""
+    return (images - meta["mean"]) / meta["std"]
+
+
+@dataclass
+class TrainedEncoder:
+    """An encoder trained here, in eval mode on the CPU, with what describes it."""
+
+    name: str
+    encoder: nn.Module
+    meta: dict
+    history: History | None
+    path: Path
+
+    def inputs(self, images: ImageSet | torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) pixels in [0, 1] -> normalised encoder inputs."""
+        pixels = images.images if isinstance(images, ImageSet) else images
+        return normalise(pixels, self.meta)
+
+
+def train_image_encoder(
+    name: str,
+    scale: str = "default",
+    *,
+    device: str = "auto",
+    retrain: bool = False,
+    progress: bool = True,
+    **overrides,
+) -> TrainedEncoder:
+    """Train encoder `name` with SIGReg (or moment matching) + multi-view prediction, or load its cache.
+
+    The checkpoint lives at `checkpoint_path(name, recipe.variant(scale))`; it is reused unless
+    `retrain`. overrides: ImageRecipe fields (regulariser, n_train, steps, seed, ...).
+    """
+    recipe = recipe_for(name, scale, **overrides)
+    path = checkpoint_path(name, recipe.variant(scale))
+    if path.exists() and not retrain:
+        encoder, meta = encoder_from_checkpoint(path)
+        return TrainedEncoder(name, encoder, meta, _saved_history(path, encoder), path)
+    data = training_images(recipe.dataset, recipe.n_train)
+    mean, std = float(data.images.mean()), float(data.images.std())
+    meta = {
+        "architecture": recipe.architecture,
+        "arch_kwargs": recipe.arch_kwargs(),
+        "dataset": recipe.dataset,
+        "image_size": data.images.shape[-1],
+        "in_channels": 1,
+        "mean": mean,
+        "std": std,
+        "embed_dim": recipe.out_dim,
+        "recipe": asdict(recipe),
+        "scale": scale,
+    }
+    torch.manual_seed(recipe.seed)
+    encoder = build_encoder(recipe.architecture, **recipe.arch_kwargs())
+    predictor = MLP(recipe.out_dim, recipe.out_dim, hidden=2 * recipe.out_dim, depth=1)
+    config = TrainConfig(
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup=max(1, recipe.steps // 10),
+        lam=recipe.lam,
+        n_views=recipe.n_views,
+        regulariser=recipe.regulariser,
+        eval_every=max(1, recipe.steps // 10),
+        seed=recipe.seed,
+        device=device,
+        progress=progress,
+    )
+    held_out = normalise(data.images[:512], meta)
+    history = train_jepa(
+        encoder, predictor, ImageViews(), normalise(data.images, meta), config, held_out=held_out
+    )
+    encoder.cpu().eval()
+    save_checkpoint(path, encoder, predictor.cpu(), config=config, history=history, meta=meta)
+    return TrainedEncoder(name, encoder, meta, history, path)
+
+
+def _saved_history(path: Path, encoder: nn.Module) -> History | None:
+    _, history = load_checkpoint(path, encoder)
+    return history

@@ -193,3 +193,34 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
         return torch.cdist(a, a).sum() / (n * (n - 1))
 
     return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))
+
+
+def auroc(inliers, outliers) -> float:
+    """Area under the ROC curve of separating inliers (n,) from outliers (m,) by a score.
+
+    Higher scores mean "more in-distribution": 1 = every inlier above every outlier, 0.5 = chance,
+    below 0.5 = the score ranks the outliers as more likely (inverted). Ties count one half.
+    """
+    inliers = np.asarray(inliers, dtype=np.float64).ravel()
+    outliers = np.asarray(outliers, dtype=np.float64).ravel()
+    if inliers.size == 0 or outliers.size == 0:
+        raise ValueError("inliers and outliers: expected at least one score in each")
+    if not (np.isfinite(inliers).all() and np.isfinite(outliers).all()):
+        raise ValueError("inliers and outliers: expected finite scores")
+    ranks = stats.rankdata(np.concatenate([inliers, outliers]))
+    n, m = inliers.size, outliers.size
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+
+
+def bootstrap_auroc(
+    inliers, outliers, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """AUROC with a percentile bootstrap interval (inliers and outliers resampled separately)."""
+    inliers, outliers = np.asarray(inliers, np.float64), np.asarray(outliers, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [
+        auroc(rng.choice(inliers, inliers.size), rng.choice(outliers, outliers.size))
+        for _ in range(n_boot)
+    ]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(auroc(inliers, outliers), float(low), float(high))

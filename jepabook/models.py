@@ -35,20 +35,27 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """(B, C, H, W) -> (B, K) convolutional encoder (BatchNorm, so eval mode matters).
+    """(B, C, H, W) -> (B, K) convolutional encoder: three conv blocks, global mean pool, linear head.
 
     Args:
         in_channels: C.
         out_dim: K.
         width: channels of the first block (doubled in the second and third).
+        norm: "batch" (BatchNorm: samples interact in train mode, so eval mode matters) or
+            "group" (GroupNorm, per sample: the same map in train and eval mode).
     """
 
-    def __init__(self, in_channels: int = 1, out_dim: int = 64, width: int = 32):
+    def __init__(
+        self, in_channels: int = 1, out_dim: int = 64, width: int = 32, norm: str = "batch"
+    ):
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm: expected 'batch' or 'group', got {norm!r}")
 
         def block(cin: int, cout: int) -> nn.Sequential:
+            normaliser = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(8, cout)
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.GELU(), nn.MaxPool2d(2)
+                nn.Conv2d(cin, cout, 3, padding=1), normaliser, nn.GELU(), nn.MaxPool2d(2)
             )
 
         self.features = nn.Sequential(

@@ -1,0 +1,168 @@
+"""Image JEPAs: views, multi-view training, recipes, cached checkpoints, probes and image metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from jepabook import image_jepa
+from jepabook.backbones import load_backbone
+from jepabook.datasets import ImageSet
+from jepabook.image_experiments import (
+    agreement,
+    extremes,
+    per_class,
+    singular_vectors,
+    tail_overlap,
+    within_class_spearman,
+)
+from jepabook.losses import VectorViews
+from jepabook.metrics import auroc, bootstrap_auroc
+from jepabook.models import MLP, SmallCNN
+from jepabook.probe import embed, linear_probe
+from jepabook.train import TrainConfig, train_jepa
+from jepabook.views import ImageViews
+
+
+def test_views_identity_when_every_perturbation_is_off():
+    x = torch.rand(4, 1, 28, 28)
+    views = ImageViews(min_area=1.0, degrees=0.0, flip=False, noise=0.0)
+    assert torch.allclose(views(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
+
+
+def test_views_are_seeded_and_random():
+    x = torch.rand(8, 1, 28, 28)
+    views = ImageViews()
+    a = views(x, torch.Generator().manual_seed(1))
+    b = views(x, torch.Generator().manual_seed(1))
+    c = views(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, c)
+    assert (a - x).abs().mean() > 0.05  # crops and rotations move pixels, not only noise
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"min_area": 0.0}, {"min_area": 1.5}, {"degrees": -1.0}, {"noise": -0.1}]
+)
+def test_views_reject_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="min_area|degrees"):
+        ImageViews(**kwargs)
+
+
+def test_views_need_image_batches():
+    with pytest.raises(ValueError, match="x: expected images"):
+        ImageViews()(torch.rand(4, 28, 28))
+
+
+def test_multi_view_training_runs_and_two_views_match_the_pairwise_formula():
+    torch.manual_seed(0)
+    data = torch.randn(256, 4)
+    config = TrainConfig(steps=5, batch_size=64, warmup=1, n_views=3, progress=False, device="cpu")
+    history = train_jepa(MLP(4, 4, 16, 1), MLP(4, 4, 8, 1), VectorViews(0.1), data, config)
+    assert len(history.loss) == 5 and np.isfinite(history.loss).all()
+    with pytest.raises(ValueError, match="n_views"):
+        TrainConfig(n_views=1)
+
+
+def test_recipes_name_their_variants():
+    recipe = image_jepa.recipe_for("fmnist-cnn", "default")
+    assert (recipe.dataset, recipe.architecture, recipe.n_train) == ("fashion-mnist", "cnn", None)
+    assert recipe.variant("default") == "default"
+    small = image_jepa.recipe_for("mnist-cnn", "default", regulariser="moments", n_train=1000)
+    assert small.variant("default") == "default-moments-n1000"
+    assert image_jepa.recipe_for("fmnist-vit", "ci").n_train == image_jepa.CI_TRAIN_SIZE
+    with pytest.raises(ValueError, match="name"):
+        image_jepa.recipe_for("cifar-cnn")
+    with pytest.raises(ValueError, match="scale"):
+        image_jepa.recipe_for("fmnist-cnn", "huge")
+
+
+def test_trained_encoder_is_cached_and_loads_as_a_backbone(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_jepa, "data_dir", lambda: tmp_path)
+    options = dict(steps=3, n_train=128, batch_size=32, progress=False, device="cpu")
+    first = image_jepa.train_image_encoder("fmnist-cnn", "ci", **options)
+    assert first.path.exists() and first.path.parent == tmp_path / "encoders"
+    x = first.inputs(torch.rand(5, 1, 28, 28))
+    again = image_jepa.train_image_encoder("fmnist-cnn", "ci", **options)  # loads, no training
+    assert torch.equal(again.encoder(x), first.encoder(x))
+    assert again.history is not None and len(again.history.loss) == 3
+    backbone = load_backbone("fmnist-cnn", weights=first.path)
+    assert torch.allclose(backbone.encoder(x), first.encoder(x))
+    assert abs(first.meta["mean"] - 0.286) < 0.05 and first.meta["recipe"]["steps"] == 3
+
+
+def test_nested_training_subsets():
+    small = image_jepa.training_images("fashion-mnist", 100)
+    large = image_jepa.training_images("fashion-mnist", 1000)
+    assert torch.equal(large.images[:100], small.images)
+    with pytest.raises(ValueError, match="n_train"):
+        image_jepa.training_images("fashion-mnist", 10**6)
+
+
+def test_linear_probe_on_separable_and_random_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    features = rng.normal(size=(600, 5)) + 6 * np.eye(3, 5)[labels]
+    assert linear_probe(features[:400], labels[:400], features[400:], labels[400:]) > 0.97
+    noise = rng.normal(size=(600, 5))
+    assert linear_probe(noise[:400], labels[:400], noise[400:], labels[400:]) < 0.5
+    with pytest.raises(ValueError, match="features and labels"):
+        linear_probe(features[:10], labels[:9], features, labels)
+
+
+def test_embed_matches_the_encoder_in_eval_mode_and_restores_the_mode():
+    encoder = SmallCNN(1, 8, 4).train()
+    x = torch.rand(7, 1, 28, 28)
+    z = embed(encoder, x, batch_size=3)
+    assert encoder.training
+    assert torch.allclose(z, encoder.eval()(x), atol=1e-6)
+
+
+def test_auroc_agrees_with_scikit_learn_and_its_extremes():
+    rng = np.random.default_rng(0)
+    inliers, outliers = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    expected = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[inliers, outliers])
+    assert auroc(inliers, outliers) == pytest.approx(expected, abs=1e-12)
+    assert auroc([2, 3], [0, 1]) == 1.0 and auroc([0, 1], [2, 3]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    interval = bootstrap_auroc(inliers, outliers, n_boot=200)
+    assert interval.low < interval.estimate < interval.high and interval.excludes(0.5)
+    with pytest.raises(ValueError, match="inliers and outliers"):
+        auroc([], [1.0])
+
+
+def test_extremes_overlap_and_rank_agreement():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    scores = rng.normal(size=200)
+    least, most = extremes(scores, labels, k=3)[2]
+    members = np.flatnonzero(labels == 2)
+    assert set(least) == set(members[np.argsort(scores[members])[:3]])
+    assert scores[most[0]] == scores[members].max()
+    assert tail_overlap(scores, scores, labels) == 1.0
+    assert within_class_spearman(scores, 2 * scores + 1, labels) == pytest.approx(1.0)
+    table = agreement({"a": scores, "b": scores + 0.01 * rng.normal(size=200)}, labels)
+    row = table.iloc[0]
+    assert row.spearman > 0.99 and row.tail_overlap > 0.8
+    assert abs(row.spearman_shuffled) < 0.3 and row.tail_overlap_shuffled < 0.5
+
+
+def test_per_class_is_balanced():
+    images = ImageSet("toy", torch.rand(40, 1, 4, 4), torch.arange(40) % 4, list("abcd"))
+    chosen = per_class(images, 3, seed=1)
+    assert torch.equal(torch.bincount(chosen.labels), torch.full((4,), 3))
+    with pytest.raises(ValueError, match="n: class"):
+        per_class(images, 11)
+
+
+def test_singular_vectors_of_a_linear_encoder_are_its_svd():
+    torch.manual_seed(0)
+    A = torch.randn(3, 12)
+    encoder = torch.nn.Linear(12, 3, bias=False)
+    encoder.weight.data.copy_(A)
+    sigma, vectors = singular_vectors(encoder, torch.randn(1, 12), k=2)
+    assert torch.allclose(sigma.float(), torch.linalg.svdvals(A), atol=1e-5)
+    _, _, vh = torch.linalg.svd(A.double())
+    for k in range(2):
+        assert abs(float(vectors[k].double() @ vh[k])) == pytest.approx(1.0, abs=1e-5)
