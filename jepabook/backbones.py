@@ -48,8 +48,9 @@ from jepabook.image_jepa import (
     checkpoint_path,
     encoder_from_checkpoint,
     find_checkpoint,
+    recipe_for,
 )
-from jepabook.models import ARCHITECTURES, build_encoder
+from jepabook.models import build_encoder, use_explicit_attention
 from jepabook.train import checkpoint_meta
 
 TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # the order timm tries them in
@@ -460,11 +461,13 @@ def _load_trained(
 
 
 def _default_meta(name: str) -> dict:
-    """The architecture of a trained-here name when no checkpoint exists ("<dataset>-<arch>")."""
-    architecture = name.rsplit("-", 1)[-1]
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"name: {name} has no checkpoint and names no architecture")
-    return {"architecture": architecture, "arch_kwargs": {"in_channels": 1}, "in_channels": 1}
+    """The architecture of a trained-here name when no checkpoint exists (its default recipe)."""
+    recipe = recipe_for(name)
+    return {
+        "architecture": recipe.architecture,
+        "arch_kwargs": recipe.arch_kwargs(),
+        "in_channels": 1,
+    }
 
 
 def _missing_trained_message(name: str, path: Path | None) -> str:
@@ -509,27 +512,6 @@ class RGBTransform:
 
     def __repr__(self) -> str:
         return f"RGBTransform({self.transform!r})"
-
-
-class ExplicitMultiheadAttention(nn.MultiheadAttention):
-    """nn.MultiheadAttention that always takes the explicit softmax path (need_weights=True)."""
-
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):  # fmt: skip
-        return super().forward(
-            query, key, value, key_padding_mask=key_padding_mask, need_weights=True,
-            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
-        )  # fmt: skip
-
-
-def use_explicit_attention(module: nn.Module) -> nn.Module:
-    """Switch every attention layer of `module` (timm or torch) off the fused kernel, in place."""
-    for layer in module.modules():
-        if hasattr(layer, "fused_attn"):  # timm's Attention
-            layer.fused_attn = False
-        elif type(layer) is nn.MultiheadAttention:  # open_clip's blocks
-            layer.__class__ = ExplicitMultiheadAttention  # same parameters, another forward
-    return module
 
 
 def _to_rgb(image):

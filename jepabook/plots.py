@@ -44,3 +44,24 @@ def label_panels(axes, *, start: str = "a") -> None:
             -0.02, 1.02, f"({chr(ord(start) + i)})", transform=ax.transAxes, ha="right",
             va="bottom", fontweight="bold",
         )  # fmt: skip
+
+
+def image_strip(ax, images, *, title: str = "", captions=None, cmap: str = "gray") -> None:
+    """Draw images (n, H, W) or (n, H, W, 3) side by side in one axis, with optional captions."""
+    import numpy as np
+
+    images = np.asarray(images)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images: expected (n, H, W) or (n, H, W, 3), got shape {images.shape}")
+    gap = np.ones((images.shape[1], 2, *images.shape[3:]), dtype=images.dtype) * images.max()
+    row = np.concatenate([part for image in images for part in (image, gap)][:-1], axis=1)
+    ax.imshow(row, cmap=cmap, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.set_title(title, fontsize=9)
+    if captions is not None:
+        width = images.shape[2] + 2
+        for i, caption in enumerate(captions):
+            ax.text(i * width + images.shape[2] / 2, images.shape[1] + 1, caption, ha="center",
+                    va="top", fontsize=7)  # fmt: skip
