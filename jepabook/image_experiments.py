@@ -283,26 +283,51 @@ def agreement_by_kind(table: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFram
 # ---------------------------------------------------------------- out-of-domain data (Figure 3)
 
 
-def out_of_domain_sets(n: int, seed: int = 0, *, shifted_from: ImageSet | None = None) -> dict:
-    """{name: ImageSet} of n images each (faces: at most the 100 of scikit-image's subset).
+IN_DOMAIN_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
-    MNIST digits, Hubble galaxy crops, faces, natural-image patches, and, when `shifted_from` is
-    given, inverted / edge-sketch / rotated renditions of its first n images.
+
+def out_of_domain_sets(in_domain: str, n: int, seed: int = 0, *, skip: int = 0) -> dict:
+    """{name: ImageSet}: a control and seven out-of-domain sets of (at most) n images each.
+
+    - "<in-domain> (other held-out images)": unshifted held-out images, a control (AUROC ~ 0.5);
+    - the other digit/fashion set (MNIST for Fashion-MNIST encoders and vice versa);
+    - Hubble galaxy crops, faces (scikit-image's 100), natural-image patches;
+    - inverted, edge-sketch and rotated renditions of held-out in-domain images.
+    The in-domain images used are held_out_images(in_domain)[skip : skip + 2n], so the chapter's
+    in-distribution sample (the first `skip`) is not reused.
     """
     from jepabook import datasets
+    from jepabook.image_jepa import held_out_images
 
+    if in_domain not in IN_DOMAIN_NAMES:
+        raise ValueError(f"in_domain: expected one of {sorted(IN_DOMAIN_NAMES)}, got {in_domain!r}")
+    held_out = held_out_images(in_domain)
+    other_domain = "mnist" if in_domain == "fashion-mnist" else "fashion-mnist"
+    other = held_out_images(other_domain)
     generator = torch.Generator().manual_seed(seed)
-    digits = datasets.mnist_digits()
-    sets = {
-        "MNIST": digits.subset(torch.randperm(len(digits), generator=generator)[:n]),
+    shifted_base = held_out.subset(slice(skip + n, skip + 2 * n))
+    return {
+        f"{IN_DOMAIN_NAMES[in_domain]} (other held-out images)": held_out.subset(
+            slice(skip, skip + n)
+        ),
+        IN_DOMAIN_NAMES[other_domain]: other.subset(
+            torch.randperm(len(other), generator=generator)[:n]
+        ),
         "galaxies": datasets.galaxy_crops(n, seed=seed, messier=False),
         "faces": datasets.faces().subset(slice(0, n)),
         "natural patches": datasets.natural_patches(n, seed=seed),
+        **{kind: datasets.shifted(shifted_base, kind) for kind in datasets.SHIFTS},
     }
-    if shifted_from is not None:
-        base = shifted_from.subset(slice(0, n))
-        sets.update({kind: datasets.shifted(base, kind) for kind in datasets.SHIFTS})
-    return sets
+
+
+def score_sets(trained, sets: dict, *, device=None, progress: bool = True) -> dict[str, np.ndarray]:
+    """{set name: JEPA-SCORE (n,)} of every image set under one trained-here encoder."""
+    return {
+        name: score_images(
+            trained.encoder, trained.inputs(images), device=device, progress=progress
+        )
+        for name, images in sets.items()
+    }
 
 
 def auroc_table(
@@ -339,3 +364,75 @@ def score_distributions(ax, inliers: np.ndarray, outliers: dict[str, np.ndarray]
     ax.invert_yaxis()
     ax.set_xlabel("JEPA-SCORE")
     ax.set_title(title)
+
+
+# ---------------------------------------------------------------- singular vectors (appendix figure)
+
+
+def support_fraction(
+    vectors: torch.Tensor, image: torch.Tensor, threshold: float = 0.1
+) -> np.ndarray:
+    """Share of each vector's squared norm on the image's support (pixels above `threshold`).
+
+    vectors: (k, 1, H, W) unit vectors; image: (1, H, W) pixels in [0, 1]. A vector spread
+    uniformly over the image gives the support's share of pixels (returned by `support_share`).
+    """
+    support = (image > threshold).float()
+    return (vectors.pow(2) * support).flatten(1).sum(1).numpy()
+
+
+def support_share(image: torch.Tensor, threshold: float = 0.1) -> float:
+    """Fraction of pixels of an image (1, H, W) above `threshold`: the chance level of support_fraction."""
+    return float((image > threshold).float().mean())
+
+
+def spectrum_figure(
+    images: torch.Tensor, spectra: dict[str, list], vectors: dict[str, list], k: int = 6
+):
+    """Appendix-figure layout: per image, the image and its top-k right-singular vectors for each
+    encoder (rows), and the singular-value spectra (last column, log scale)."""
+    from jepabook.plots import DIVERGING_CMAP, figure
+
+    names = list(spectra)
+    fig, axes = figure(k + 2, len(images) * len(names), width=1.15, height=1.15, squeeze=False)
+    for i, image in enumerate(images):
+        for j, name in enumerate(names):
+            row = axes[i * len(names) + j]
+            row[0].imshow(image[0], cmap="gray")
+            row[0].set_title(name if i == 0 else "", fontsize=7, loc="left")
+            for c in range(k):
+                v = vectors[name][i][c, 0]
+                row[c + 1].imshow(v, cmap=DIVERGING_CMAP, vmin=-abs(v).max(), vmax=abs(v).max())
+                if i == 0 and j == 0:
+                    row[c + 1].set_title(f"v{c + 1}", fontsize=8)
+            row[-1].semilogy(spectra[name][i].numpy())
+            row[-1].tick_params(labelsize=6)
+            for ax in row[:-1]:
+                ax.set_axis_off()
+    return fig
+
+
+def spectrum_statistics(encoders: dict, images: ImageSet, k: int = 8) -> pd.DataFrame:
+    """Per encoder and image: how the Jacobian's spectrum and top-k singular vectors look.
+
+    Columns: score_error (relative gap between sum of log sigma and jepa_score), top8_share (share
+    of the sum of log sigma carried by the 8 largest), condition (sigma_1 / sigma_min), on_support
+    (mean energy of v_1..v_k on the image's support), support_share (its pixel share).
+    """
+    rows = []
+    for name, trained in encoders.items():
+        scores = score_images(trained.encoder, trained.inputs(images), progress=False)
+        for image, score in zip(images.images, scores, strict=True):
+            sigma, v = singular_vectors(trained.encoder, trained.inputs(image[None]), k)
+            log_sigma = sigma.clamp(min=1e-6).log()
+            rows.append(
+                {
+                    "encoder": name,
+                    "score_error": abs(float(log_sigma.sum()) - score) / abs(score),
+                    "top8_share": float(log_sigma[:8].sum() / log_sigma.sum()),
+                    "condition": float(sigma[0] / sigma[-1]),
+                    "on_support": float(support_fraction(v, image).mean()),
+                    "support_share": support_share(image),
+                }
+            )
+    return pd.DataFrame(rows)

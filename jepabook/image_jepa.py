@@ -82,7 +82,7 @@ class ImageRecipe:
         parts = [scale]
         if self.regulariser != "sigreg":
             parts.append(self.regulariser)
-        if self.n_train is not None:
+        if self.n_train is not None and not (scale == "ci" and self.n_train == CI_TRAIN_SIZE):
             parts.append(f"n{self.n_train}")
         if self.seed:
             parts.append(f"seed{self.seed}")

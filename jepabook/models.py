@@ -6,6 +6,8 @@ batched Jacobian is valid.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -53,7 +55,9 @@ class SmallCNN(nn.Module):
             raise ValueError(f"norm: expected 'batch' or 'group', got {norm!r}")
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            normaliser = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(8, cout)
+            normaliser = (
+                nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(math.gcd(8, cout), cout)
+            )
             return nn.Sequential(
                 nn.Conv2d(cin, cout, 3, padding=1), normaliser, nn.GELU(), nn.MaxPool2d(2)
             )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jepabook import image_jepa
+from jepabook import image_experiments, image_jepa
 from jepabook.backbones import load_backbone
 from jepabook.datasets import ImageSet
 from jepabook.image_experiments import (
@@ -22,7 +22,8 @@ from jepabook.losses import VectorViews
 from jepabook.metrics import auroc, bootstrap_auroc
 from jepabook.models import MLP, SmallCNN
 from jepabook.probe import embed, linear_probe
-from jepabook.train import TrainConfig, train_jepa
+from jepabook.score import jepa_score
+from jepabook.train import TrainConfig, save_checkpoint, train_jepa
 from jepabook.views import ImageViews
 
 
@@ -166,3 +167,73 @@ def test_singular_vectors_of_a_linear_encoder_are_its_svd():
     _, _, vh = torch.linalg.svd(A.double())
     for k in range(2):
         assert abs(float(vectors[k].double() @ vh[k])) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_out_of_domain_sets_hold_the_control_and_seven_sets():
+    sets = image_experiments.out_of_domain_sets("fashion-mnist", 20, seed=0, skip=100)
+    assert list(sets)[0] == "Fashion-MNIST (other held-out images)" and "MNIST" in sets
+    assert {"galaxies", "faces", "natural patches", "inverted", "edges", "rotated"} <= set(sets)
+    assert all(s.images.shape[1:] == (1, 28, 28) and 0 < len(s) <= 20 for s in sets.values())
+    held_out = image_jepa.held_out_images("fashion-mnist")
+    assert torch.equal(
+        sets["Fashion-MNIST (other held-out images)"].images, held_out.images[100:120]
+    )
+    assert torch.allclose(sets["inverted"].images, 1 - held_out.images[120:140])
+    mirror = image_experiments.out_of_domain_sets("mnist", 10)
+    assert "Fashion-MNIST" in mirror and len(image_jepa.held_out_images("mnist")) == 2000
+    with pytest.raises(ValueError, match="in_domain"):
+        image_experiments.out_of_domain_sets("cifar", 10)
+
+
+def test_scoring_sets_folders_and_spectra_of_a_small_encoder(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    encoder = SmallCNN(1, 6, 4, norm="group").eval()
+    arch = {"in_channels": 1, "out_dim": 6, "width": 4, "norm": "group"}
+    meta = {"mean": 0.3, "std": 0.35, "architecture": "cnn", "arch_kwargs": arch}
+    trained = image_jepa.TrainedEncoder("toy", encoder, meta, None, tmp_path / "toy.pt")
+    images = ImageSet("toy", torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"])
+    scores = image_experiments.score_sets(trained, {"toy": images}, progress=False)["toy"]
+    expected = jepa_score(encoder, trained.inputs(images)).numpy()
+    assert np.allclose(scores, expected, rtol=1e-6)
+    stats = image_experiments.spectrum_statistics({"toy": trained}, images.subset(slice(0, 2)), k=3)
+    assert stats.score_error.max() < 1e-5 and len(stats) == 2
+    control = image_experiments.untrained_like(trained, seed=1)
+    assert control.history is None and not torch.equal(
+        control.encoder(trained.inputs(images)), encoder(trained.inputs(images))
+    )
+    for label in ("cat", "dog"):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.uint8(np.random.default_rng(i).random((30, 40, 3)) * 255)).save(
+                tmp_path / "folder" / label / f"{i}.png"
+            )
+    paths, labels, classes = image_experiments.folder_images(tmp_path / "folder", per_class=2)
+    assert classes == ["cat", "dog"] and list(labels) == [0, 0, 1, 1]
+    assert image_experiments.thumbnails_of(paths, 16).shape == (4, 16, 16, 3)
+    path = save_checkpoint(
+        tmp_path / "toy.pt",
+        encoder,
+        meta={"image_size": 28, "in_channels": 1, **meta},
+    )
+    backbone = load_backbone("fmnist-cnn", weights=path)
+    assert image_experiments.score_paths(backbone, paths, progress=False).shape == (4,)
+    with pytest.raises(ValueError, match="image_dir"):
+        image_experiments.folder_images(tmp_path / "missing")
+
+
+def test_support_fraction_and_agreement_by_kind():
+    image = torch.zeros(1, 4, 4)
+    image[0, :2] = 1.0
+    vectors = torch.zeros(2, 1, 4, 4)
+    vectors[0, 0, 0, 0] = 1.0  # all energy on the support
+    vectors[1] = 0.25  # spread evenly: energy share = pixel share
+    assert np.allclose(image_experiments.support_fraction(vectors, image), [1.0, 0.5])
+    assert image_experiments.support_share(image) == 0.5
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 30)
+    table = agreement({n: rng.normal(size=60) for n in ("a", "b", "c")}, labels)
+    grouped = image_experiments.agreement_by_kind(table, {"a": "JEPA", "b": "JEPA", "c": "ink"})
+    assert set(grouped.index) == {"JEPA / ink", "JEPA / JEPA"}
+    assert grouped.loc["JEPA / JEPA", "spearman"] == table.iloc[0].spearman
