@@ -415,8 +415,8 @@ def spectrum_figure(
 def spectrum_statistics(encoders: dict, images: ImageSet, k: int = 8) -> pd.DataFrame:
     """Per encoder and image: how the Jacobian's spectrum and top-k singular vectors look.
 
-    Columns: score_error (relative gap between sum of log sigma and jepa_score), top8_share (share
-    of the sum of log sigma carried by the 8 largest), condition (sigma_1 / sigma_min), on_support
+    Columns: score_error (relative gap between sum of log sigma and jepa_score), top8_energy (share
+    of ||J||_F^2 = sum sigma^2 in the 8 largest singular values), condition (sigma_1 / sigma_min), on_support
     (mean energy of v_1..v_k on the image's support), support_share (its pixel share).
     """
     rows = []
@@ -429,7 +429,7 @@ def spectrum_statistics(encoders: dict, images: ImageSet, k: int = 8) -> pd.Data
                 {
                     "encoder": name,
                     "score_error": abs(float(log_sigma.sum()) - score) / abs(score),
-                    "top8_share": float(log_sigma[:8].sum() / log_sigma.sum()),
+                    "top8_energy": float(sigma[:8].pow(2).sum() / sigma.pow(2).sum()),
                     "condition": float(sigma[0] / sigma[-1]),
                     "on_support": float(support_fraction(v, image).mean()),
                     "support_share": support_share(image),
