@@ -16,6 +16,7 @@ import torch
 
 from jepabook import folder_scoring as fs
 from jepabook.book import resolve_device
+from jepabook.gallery import write_gallery
 
 # On CPU small batches are faster per image: the vmapped backward passes of large batches fall out
 # of cache (measured: 8 -> ~120 ms/image, 32 -> ~275 ms/image for the 28 px CNN with K = 64).
@@ -141,7 +142,7 @@ def _finish(args, files, previous, backbone, n_new: int, elapsed: float) -> int:
         journal.unlink()
     n_ok = int((frame["status"] == "ok").sum())
     if args.gallery is not None and n_ok:
-        fs.write_gallery(frame, args.dir, args.gallery, args.n_gallery, title=backbone.name)
+        write_gallery(frame, args.dir, args.gallery, args.n_gallery, title=backbone.name)
     _print_summary(frame, out, args.gallery if n_ok else None, n_new, elapsed, len(previous))
     if n_ok == 0:
         return _fail(f"DIR: none of the {len(frame)} files could be scored; see {out}")

@@ -399,7 +399,7 @@ def spectrum_figure(
         for j, name in enumerate(names):
             row = axes[i * len(names) + j]
             row[0].imshow(image[0], cmap="gray")
-            row[0].set_title(name if i == 0 else "", fontsize=7, loc="left")
+            row[0].set_title(name, fontsize=7, loc="left")
             for c in range(k):
                 v = vectors[name][i][c, 0]
                 row[c + 1].imshow(v, cmap=DIVERGING_CMAP, vmin=-abs(v).max(), vmax=abs(v).max())
