@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,11 +137,22 @@ def check(html: Path, root: Path = ROOT) -> list[str]:
         text = page.read_text(errors="replace")
         if "<img" not in text:
             problems.append(f"{page} has no figure")
-        if "mathjax" in text and "_static/mathjax/" not in text:
+        if loads_network_mathjax(text):
             problems.append(f"{page} loads MathJax from the network (equations unreadable offline)")
         if "Traceback (most recent call last)" in text or 'class="output traceback' in text:
             problems.append(f"{page} shows an error")
     return problems
+
+
+def loads_network_mathjax(page: str) -> bool:
+    """Whether an HTML page loads a MathJax script from anywhere but the book's own _static folder.
+
+    Pages without equations load no MathJax at all (their sections only carry a mathjax_ignore class).
+    """
+    sources = re.findall(
+        r"<script[^>]*\bsrc=[\"']([^\"']*mathjax[^\"']*)", page, flags=re.IGNORECASE
+    )
+    return any("_static/mathjax/" not in source for source in sources)
 
 
 def export_figure(notebook: Path, index: int, out: Path) -> Path:

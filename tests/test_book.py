@@ -30,3 +30,13 @@ def test_ci_scale_book_builds_with_every_chapter_and_figure(tmp_path: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="index"):
         book.export_figure(executed[0], 999, tmp_path / "none.png")
+
+
+def test_network_mathjax_is_flagged_and_the_bundled_copy_or_none_is_not():
+    bundled = '<script defer="defer" src="../_static/mathjax/tex-chtml.js"></script>'
+    network = '<script async src="https://cdn.example/mathjax@3/es5/tex-mml-chtml.js"></script>'
+    no_math = '<section class="tex2jax_ignore mathjax_ignore" id="x"><p>text</p></section>'
+    assert book.loads_network_mathjax(network)
+    assert not book.loads_network_mathjax(bundled)
+    assert not book.loads_network_mathjax(no_math)
+    assert book.loads_network_mathjax(bundled + network)
