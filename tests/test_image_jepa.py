@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,15 @@ def test_support_fraction_and_agreement_by_kind():
     grouped = image_experiments.agreement_by_kind(table, {"a": "JEPA", "b": "JEPA", "c": "ink"})
     assert set(grouped.index) == {"JEPA / ink", "JEPA / JEPA"}
     assert grouped.loc["JEPA / JEPA", "spearman"] == table.iloc[0].spearman
+
+
+def test_train_command_writes_and_reuses_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(image_jepa, "data_dir", lambda: tmp_path)
+    assert image_jepa.main(["train", "mnist-cnn", "--scale", "ci", "--n-train", "64"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == tmp_path / "encoders" / "mnist-cnn-ci-n64.pt" and path.exists()
+    stamp = path.stat().st_mtime_ns
+    assert image_jepa.main(["train", "mnist-cnn", "--scale", "ci", "--n-train", "64"]) == 0
+    assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+    with pytest.raises(SystemExit):
+        image_jepa.main(["train", "cifar-cnn"])
