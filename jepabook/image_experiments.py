@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from jepabook.book import resolve_device
 from jepabook.datasets import ImageSet
-from jepabook.score import jacobian_rows, jepa_score
+from jepabook.score import eval_mode, jacobian_rows, jepa_score
 
 
 def score_images(
@@ -134,12 +134,9 @@ def singular_vectors(
     """
     if x.shape[0] != 1:
         raise ValueError(f"x: expected one sample (1, ...), got a batch of {x.shape[0]}")
-    was_training = encoder.training
-    encoder.eval()
-    with torch.enable_grad():
+    with eval_mode(encoder), torch.enable_grad():
         K = encoder(x).shape[1]
         J = jacobian_rows(encoder, x, K)[0].detach().double()  # (K, D)
-    encoder.train(was_training)
     _, sigma, vh = torch.linalg.svd(J, full_matrices=False)
     top = vh[:k] * torch.sign(vh[:k].sum(1, keepdim=True) + 1e-30)
     return sigma, top.reshape(k, *x.shape[1:]).float()

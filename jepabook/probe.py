@@ -6,18 +6,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from jepabook.score import eval_mode
+
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """(N, ...) inputs -> (N, K) embeddings on the CPU, computed in eval mode (mode restored)."""
-    was_training = encoder.training
-    encoder.eval()
     device = next(encoder.parameters()).device
-    parts = [
-        encoder(images[i : i + batch_size].to(device)).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        parts = [
+            encoder(images[i : i + batch_size].to(device)).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(parts)
 
 

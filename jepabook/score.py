@@ -75,7 +75,7 @@ def jepa_score(
     """
     _check_inputs(model, x, eps, pool, mode, chunk_size)
     encoder = _pooled(model, pool)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         K = _embedding_width(encoder, x[:1])
         D = x[0].numel()
         size = chunk_size or _auto_chunk_size(K, D, x.element_size(), memory_budget)
@@ -236,7 +236,7 @@ def _check_finite(J: torch.Tensor, offset: int) -> None:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Callable) -> Iterator[None]:
+def eval_mode(model: Callable) -> Iterator[None]:
     """Put every submodule in eval mode for the call, then restore each module's own mode."""
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     modes = [m.training for m in modules]
