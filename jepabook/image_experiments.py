@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from jepabook.book import resolve_device
 from jepabook.datasets import ImageSet
-from jepabook.score import eval_mode, jacobian_rows, jepa_score
+from jepabook.jacobian import jacobian_rows
+from jepabook.score import eval_mode, jepa_score
 
 
 def score_images(

@@ -7,24 +7,37 @@ For an encoder f: R^D -> R^K and a sample x, with J = J_f(x) in R^{K x D},
 (the paper's eq. 5, with the paper's eps rule for rank-deficient Jacobians). Higher means more likely.
 
 `reference_jepa_score` is the paper's Appendix B listing, kept exactly for comparison.
-`jepa_score` is the implementation to use: exact, batched in chunks with bounded memory, log-determinant
-accumulated in float64 from a QR factorisation and the SVD of its small min(K, D)-sized triangle.
+`jepa_score` is the implementation to use: exact, the Jacobians from batched vector-Jacobian (or
+Jacobian-vector) products in blocks sized to a memory budget (`jepabook.jacobian`), the log-determinant
+from the float64 Gram matrix (`jepabook.logdet`), never an SVD of the K x D matrix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import jvp, vjp, vmap
+
+from jepabook.jacobian import Plan, activation_bytes, jacobian_rows, plan_blocks
+from jepabook.logdet import logdet_from_jacobian
+from jepabook.precision import Precision, check_precision, matmul_precision, with_precision
 
 Pool = Literal["mean", "first"]
 Mode = Literal["auto", "reverse", "forward"]
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes held by the Jacobians of one chunk
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes one chunk may hold on a CPU
+
+__all__ = [
+    "jacobian_rows",
+    "jepa_score",
+    "logdet_from_jacobian",
+    "plan_for",
+    "reference_jepa_score",
+]
 
 
 def reference_jepa_score(model: nn.Module, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -53,8 +66,12 @@ def jepa_score(
     eps: float = 1e-6,
     pool: Pool | None = None,
     chunk_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    block_size: int | None = None,
+    memory_budget: int | None = None,
     mode: Mode = "auto",
+    precision: Precision = "float32",
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    n_views: int = 1,
 ) -> torch.Tensor:
     """Exact JEPA-SCORE of every sample of a batch.
 
@@ -65,94 +82,93 @@ def jepa_score(
         eps: singular values are clipped at eps before the log (the paper's rule), so a rank-deficient
             Jacobian contributes log(eps) per missing direction, as in the listing.
         pool: how to reduce token outputs (B, N, K) to (B, K): "mean" over tokens or the "first" (CLS) token.
-        chunk_size: samples per chunk; by default chosen so one chunk's Jacobians fit `memory_budget`.
-        memory_budget: bytes the Jacobians of one chunk may hold when `chunk_size` is not given.
+        chunk_size: samples per chunk; by default the most that fit `memory_budget`.
+        block_size: basis vectors per batched Jacobian product; by default set from the device and
+            `memory_budget` (see `jepabook.jacobian.plan_blocks`).
+        memory_budget: bytes one chunk may hold (its Jacobians, forward graph and one block's backward);
+            by default 1 GiB on a CPU and half the free memory on a GPU.
         mode: "reverse" (K vector-Jacobian products), "forward" (D Jacobian-vector products) or
             "auto" (the cheaper of the two: reverse when K <= D).
+        precision: "float32" (exact), or on CUDA "tf32" (TF32 matrix products) or "bf16" (forward and
+            backward under bfloat16 autocast); the log-determinant is always taken in float64.
+        augment: with `n_views` > 1, a random view x -> g(x, T) (B, ...) -> (B, ...); the result is then
+            the multi-view estimate of eq. (4), -logmeanexp over the views of -JEPA-SCORE.
+        n_views: number of views M drawn with `augment` (1: score x itself).
 
     Returns:
         (B,) float64 tensor on x's device: sum of log singular values of J_f(x_b) for each b.
     """
-    _check_inputs(model, x, eps, pool, mode, chunk_size)
-    encoder = _pooled(model, pool)
-    with eval_mode(model), torch.enable_grad():
-        K = _embedding_width(encoder, x[:1])
-        D = x[0].numel()
-        size = chunk_size or _auto_chunk_size(K, D, x.element_size(), memory_budget)
+    _check_inputs(model, x, eps, pool, mode, chunk_size, block_size, memory_budget)
+    check_precision(precision, x.device)
+    _check_views(augment, n_views)
+    encoder = with_precision(_pooled(model, pool), precision)
+    options = dict(
+        eps=eps,
+        mode=mode,
+        chunk=chunk_size,
+        block=block_size,
+        budget=memory_budget,
+        precision=precision,
+    )
+    if augment is None:
+        return _score(model, encoder, x, **options)
+    views = [_score(model, encoder, augment(x), **options) for _ in range(n_views)]
+    return -logmeanexp(-torch.stack(views), dim=0)
+
+
+def _score(model, encoder, x, *, eps, mode, chunk, block, budget, precision) -> torch.Tensor:
+    """(B,) scores of x (B, ...), chunk by chunk."""
+    with (
+        eval_mode(model),
+        frozen_parameters(model),
+        matmul_precision(precision),
+        torch.enable_grad(),
+    ):
+        plan = plan_for(encoder, x, mode=mode, memory_budget=budget)
+        chunk, block = chunk or plan.chunk, block or plan.block
         scores = []
-        for start in range(0, x.shape[0], size):
-            J = jacobian_rows(encoder, x[start : start + size], K, mode=mode)
+        for start in range(0, x.shape[0], chunk):
+            J = jacobian_rows(encoder, x[start : start + chunk], plan.K, mode=mode, block=block)
             _check_finite(J, start)
             scores.append(logdet_from_jacobian(J, eps))
+            del J
     return torch.cat(scores).detach()
 
 
-def jacobian_rows(
-    encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, K: int, *, mode: Mode = "auto"
-) -> torch.Tensor:
-    """Per-sample Jacobians of a batch-wise encoder.
-
-    Args:
-        encoder: maps (B, ...) to (B, K) with no interaction between samples.
-        x: inputs (B, ...).
-        K: embedding width.
-        mode: see `jepa_score`.
-
-    Returns:
-        (B, K, D) Jacobians, D = prod(x.shape[1:]), in x's dtype.
-    """
-    B, D = x.shape[0], x[0].numel()
-    use_forward = mode == "forward" or (mode == "auto" and D < K)
-    x = x.detach()
-    if use_forward:
-        basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape(D, 1, *x.shape[1:])
-        tangents = basis.expand(D, *x.shape)
-        J = vmap(lambda t: jvp(encoder, (x,), (t,))[1])(tangents)  # (D, B, K)
-        return J.permute(1, 2, 0).reshape(B, K, D)
-    out, pullback = vjp(encoder, x)
-    if out.shape != (B, K):
-        raise ValueError(
-            f"model: batch mismatch: {B} input samples gave output of shape {tuple(out.shape)}, "
-            f"expected ({B}, {K})"
-        )
-    basis = torch.eye(K, dtype=out.dtype, device=out.device).unsqueeze(1).expand(K, B, K)
-    try:
-        (J,) = vmap(pullback)(basis)  # (K, B, ...)
-    except (RuntimeError, NotImplementedError):
-        J = _pullback_loop(encoder, x, basis)  # ops without batching rules: one pass per row
-    return J.reshape(K, B, D).transpose(0, 1)
+def plan_for(
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    mode: Mode = "auto",
+    memory_budget: int | None = None,
+) -> Plan:
+    """The chunk and block sizes `jepa_score` uses for this encoder and batch (B, ...) (B, K) output."""
+    K = _embedding_width(encoder, x[:1])
+    D = x[0].numel()
+    forward = mode == "forward" or (mode == "auto" and D < K)
+    return plan_blocks(
+        x.shape[0],
+        K,
+        D,
+        itemsize=x.element_size(),
+        activation=activation_bytes(encoder, x[:1]),
+        budget=memory_budget or default_memory_budget(x.device),
+        device_type=x.device.type,
+        forward=forward,
+    )
 
 
-def _pullback_loop(encoder: Callable, x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """(K, B, ...) vector-Jacobian products one basis vector at a time, with plain autograd."""
-    x = x.detach().requires_grad_(True)
-    out = encoder(x)
-    rows = [
-        torch.autograd.grad(out, x, v, retain_graph=k < len(basis) - 1)[0]
-        for k, v in enumerate(basis)
-    ]
-    return torch.stack(rows)
+def default_memory_budget(device: torch.device) -> int:
+    """1 GiB on a CPU; half of the currently free memory on a CUDA device."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_MEMORY_BUDGET
 
 
-def logdet_from_jacobian(J: torch.Tensor, eps: float) -> torch.Tensor:
-    """Sum of log max(sigma_k, eps) over the min(K, D) singular values of each Jacobian.
-
-    In float64: a QR factorisation of the tall side (J^T when K <= D) leaves a min(K, D)-sized
-    triangle R with the same singular values as J, and only R goes through an SVD. Unlike the
-    eigenvalues of the Gram matrix J J^T, this does not square the condition number, so singular
-    values near eps keep their digits.
-
-    Args:
-        J: (B, K, D) Jacobians.
-        eps: clip level for the singular values.
-
-    Returns:
-        (B,) float64 scores.
-    """
-    J = J.to(torch.float64)
-    tall = J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J
-    R = torch.linalg.qr(tall, mode="r").R  # (B, min(K, D), min(K, D))
-    return torch.linalg.svdvals(R).clamp(min=eps).log().sum(-1)
+def logmeanexp(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """log mean exp along `dim`, computed stably."""
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
 
 def _pooled(model: Callable, pool: Pool | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -192,12 +208,6 @@ def _embedding_width(encoder: Callable, x1: torch.Tensor) -> int:
     return out.shape[1]
 
 
-def _auto_chunk_size(K: int, D: int, itemsize: int, budget: int) -> int:
-    """Samples per chunk so that the (chunk, K, D) Jacobian plus its float64 copy fit the budget."""
-    per_sample = K * D * (itemsize + 8)
-    return max(1, budget // per_sample)
-
-
 def _check_inputs(
     model: Callable,
     x: torch.Tensor,
@@ -205,6 +215,8 @@ def _check_inputs(
     pool: str | None,
     mode: str,
     chunk_size: int | None,
+    block_size: int | None,
+    memory_budget: int | None,
 ) -> None:
     if not callable(model):
         raise TypeError(
@@ -224,8 +236,22 @@ def _check_inputs(
         raise ValueError(f"pool: expected None, 'mean' or 'first', got {pool!r}")
     if mode not in ("auto", "reverse", "forward"):
         raise ValueError(f"mode: expected 'auto', 'reverse' or 'forward', got {mode!r}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive integer or None, got {chunk_size}")
+    for name, value in [("chunk_size", chunk_size), ("block_size", block_size)]:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 1):
+        raise ValueError(
+            f"memory_budget: expected a positive number of bytes, got {memory_budget!r}"
+        )
+
+
+def _check_views(augment: Callable | None, n_views: int) -> None:
+    if not isinstance(n_views, int) or n_views < 1:
+        raise ValueError(f"n_views: expected a positive integer, got {n_views!r}")
+    if augment is None and n_views > 1:
+        raise ValueError(f"augment: n_views={n_views} needs a view function augment(x) -> x'")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment: expected a callable (B, ...) -> (B, ...), got {augment!r}")
 
 
 def _check_finite(J: torch.Tensor, offset: int) -> None:
@@ -247,3 +273,17 @@ def eval_mode(model: Callable) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.training = mode
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: Callable) -> Iterator[None]:
+    """No parameter requires grad during the call (autograd then saves nothing for weight gradients)."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
