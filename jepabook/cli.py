@@ -1,26 +1,43 @@
-"""The command line: `python -m jepabook score DIR --backbone NAME ...`.
+"""The command line: `python -m jepabook score DIR --backbone NAME ...` (or under torchrun).
 
 Scores every file under DIR with JEPA-SCORE (higher = more likely under the encoder's learned density)
 and writes one row per file. The work itself (listing, batches, journal, merge, gallery) lives in
 `jepabook.folder_scoring`; this module parses arguments, reports errors and prints the summary.
+Under torchrun (`jepabook.distributed`) every rank runs the same steps on its share of the files;
+after each step the ranks agree on failures, so that all of them stop together.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import sys
 import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
+import pandas as pd
 import torch
 
+from jepabook import distributed
 from jepabook import folder_scoring as fs
 from jepabook.book import resolve_device
 from jepabook.gallery import write_gallery
 
-# On CPU small batches are faster per image: the vmapped backward passes of large batches fall out
-# of cache (measured: 8 -> ~120 ms/image, 32 -> ~275 ms/image for the 28 px CNN with K = 64).
-CPU_BATCH, CUDA_BATCH = 8, 64
+if TYPE_CHECKING:
+    from jepabook.backbones import Backbone
+
+T = TypeVar("T")
+
+# Images per batch (one journal write each): jepa_score chunks a batch itself, so on a CPU beyond
+# about 32 images nothing is gained (measured, 28 px CNN with K = 64: 8 -> 21.5 ms/image,
+# 32 -> 13.9, 64 -> 12.6, 256 -> 13.3) and an interrupt loses more.
+CPU_BATCH, CUDA_BATCH = 32, 64
 EPILOG = """\
 output: one row per file under DIR (sorted by path): path (relative to DIR), score (JEPA-SCORE),
 rank (1 = most likely among the scored images; empty for errors), embedding_norm, status
@@ -29,6 +46,13 @@ rank (1 = most likely among the scored images; empty for errors), embedding_norm
 Each finished batch is appended to OUT.partial.jsonl; an interrupted run keeps all finished
 batches and `--resume` scores only the files not done yet. The final OUT is written atomically
 and the journal deleted.
+
+Several processes: `torchrun --nproc_per_node=N -m jepabook score DIR ...` (gloo on CPU; with CUDA
+one GPU per process, cuda:LOCAL_RANK, nccl). Each rank scores its share of the files into
+OUT.rank<r>.partial.jsonl; rank 0 then writes OUT (the same as one process would) and deletes the
+journals. If any rank fails, every rank stops with an error and the journals are kept for --resume
+(with any number of processes). $JEPABOOK_DIST_TIMEOUT: seconds the ranks wait for the slowest one
+(default 3600).
 
 exit codes: 0 done; 1 nothing could be scored (empty DIR: no output written; or every file
 failed: the output lists why), a backbone could not be loaded, or a journal blocks the run;
@@ -83,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse argv (default sys.argv[1:]) and run the command; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        with _only_on_rank_0():  # under torchrun every rank parses the same argv: one usage message
+            args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse's usage errors (2) and --help (0)
         return exit_.code if isinstance(exit_.code, int) else 0
     if args.command == "score" and args.device == "cuda" and not torch.cuda.is_available():
@@ -91,59 +116,159 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+class ScoreError(Exception):
+    """Why the command stops: the message for stderr and the exit code (picklable, for all_gather)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message, code)
+        self.message, self.code = message, code
+
+
+@dataclass
+class Plan:
+    """What one rank does: every listed file, its own share of the files not done yet, and with what."""
+
+    files: list[Path]
+    share: list[Path]
+    todo_digest: str  # of all the files not done yet: the ranks must agree on it
+    previous: pd.DataFrame
+    backbone: Backbone
+
+
 def run_score(args: argparse.Namespace) -> int:
-    """The `score` command; returns the exit code."""
+    """The `score` command, alone or as one rank of a torchrun launch; returns the exit code."""
+    try:
+        device = _join(args)
+    except ValueError as error:  # the same on every rank: said once
+        return _fail(str(error))
+    except RuntimeError as error:  # the process group could not be formed
+        return _fail(f"torchrun: {error}", all_ranks=True)
+    try:
+        return _run(args, device)
+    except ScoreError as error:
+        return _fail(error.message, error.code)
+    finally:
+        distributed.destroy()
+
+
+def _join(args: argparse.Namespace) -> torch.device:
+    """The device to score on; under torchrun, after joining the process group (cuda:LOCAL_RANK)."""
+    device = resolve_device(args.device)
+    launch = distributed.launch_from_env()
+    return device if launch is None else distributed.init(launch, device)
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> int:
+    """Prepare, score this rank's share, and (rank 0) write OUT; ScoreError on every rank if any fails.
+
+    Each step ends in a collective where the ranks agree on failures, so they all stop together.
+    """
+    plan, error = _attempt(_prepare, args, device)
+    if len(set(_agree(error, plan and plan.todo_digest))) > 1:  # e.g. files added meanwhile
+        raise ScoreError(f"DIR: the ranks listed different files in {args.dir}; rerun")
+    started = time.perf_counter()
+    kept = "; " + _kept_hint(args.out)
+    n_done, error = _attempt(_score_share, args, plan, device, hint=kept)
+    n_new = sum(_agree(error, n_done, hint=kept))
+    if distributed.rank() != 0:
+        return 0
+    return _finish(args, plan, n_new, time.perf_counter() - started)
+
+
+def _attempt(step: Callable[..., T], *args, hint: str = "") -> tuple[T | None, ScoreError | None]:
+    """(step(*args), None) or (None, its ScoreError); with other ranks waiting, any error + hint."""
+    try:
+        return step(*args), None
+    except ScoreError as error:
+        return None, error
+    except Exception as error:
+        if distributed.world_size() == 1:
+            raise
+        traceback.print_exc()
+        return None, ScoreError(f"{type(error).__name__}: {error}" + hint)
+
+
+def _agree(error: ScoreError | None, value: T, hint: str = "") -> list[T]:
+    """Collective: every rank's value, by rank; raises the lowest failing rank's error on every rank.
+
+    A rank that died instead (gloo notices the closed connection) or a timeout also raises, + hint.
+    """
+    try:
+        gathered = distributed.all_gather((error, value))
+    except RuntimeError as lost:
+        raise ScoreError(f"torchrun: another rank stopped: {lost}" + hint) from None
+    for rank, (failure, _) in enumerate(gathered):
+        if failure is not None:
+            tag = f"rank {rank}: " if rank != distributed.rank() else ""
+            raise ScoreError(tag + failure.message, failure.code)
+    return [v for _, v in gathered]
+
+
+def _kept_hint(out: Path) -> str:
+    """'finished batches are kept in <journal(s)>; rerun ... --resume ...' for this launch."""
+    one = not distributed.is_initialized()
+    kept = fs.journal_path(out) if one else out.with_name(f"{out.name}.rank*.partial.jsonl")
+    return f"finished batches are kept in {kept}; rerun the same command with --resume to continue"
+
+
+def _prepare(args: argparse.Namespace, device: torch.device) -> Plan:
+    """List the files, load the backbone and (--resume) the earlier results; take this rank's share.
+
+    Every rank lists the same sorted files and reads the same earlier results, before any rank
+    writes, so the shares `todo[rank::world_size]` of the files not done yet cover each once.
+    """
     out: Path = args.out
     journals = fs.existing_journals(out)
     if journals and not args.resume:
-        return _fail(
+        raise ScoreError(
             f"--out: an unfinished run left the journal {journals[0]}; rerun with --resume to "
             "continue it, or delete the journal to start over"
         )
     files = fs.list_files(args.dir, exclude=[out, fs.journal_path(out), *journals])
     if not files:
-        return _fail(f"DIR: {args.dir} holds no files; nothing to score (no output written)")
-    try:
-        device = resolve_device(args.device)
+        raise ScoreError(f"DIR: {args.dir} holds no files; nothing to score (no output written)")
+    try:  # MissingWeightsError is a FileNotFoundError
         backbone = _load_backbone(args, device)
-    except (ValueError, FileNotFoundError) as error:  # MissingWeightsError is a FileNotFoundError
-        return _fail(str(error))
-    try:
         previous = _previous_results(out, journals, backbone) if args.resume else fs.combine([])
-    except ValueError as error:
-        return _fail(str(error))
+    except (ValueError, FileNotFoundError) as error:
+        raise ScoreError(str(error)) from None
     done = set(previous["path"])
     todo = [f for f in files if f.as_posix() not in done]
+    share = todo[distributed.rank() :: distributed.world_size()]
+    digest = hashlib.sha256("\n".join(f.as_posix() for f in todo).encode()).hexdigest()
+    return Plan(files, share, digest, previous, backbone)
+
+
+def _score_share(args: argparse.Namespace, plan: Plan, device: torch.device) -> int:
+    """Score this rank's files into its journal (only rank 0 draws a bar); returns how many."""
+    rank = distributed.rank()
+    journal = fs.journal_path(args.out, rank if distributed.is_initialized() else None)
     batch_size = args.batch_size or (CPU_BATCH if device.type == "cpu" else CUDA_BATCH)
-    started = time.perf_counter()
     try:
         fs.score_folder(
-            todo, backbone, root=args.dir, batch_size=batch_size, device=device,
-            journal=fs.journal_path(out), progress=not args.quiet,
+            plan.share, plan.backbone, root=args.dir, batch_size=batch_size, device=device,
+            journal=journal, progress=not args.quiet and rank == 0,
         )  # fmt: skip
     except KeyboardInterrupt:
-        return _fail(
-            f"interrupted: finished batches are kept in {fs.journal_path(out)}; "
-            "rerun the same command with --resume to continue", code=130,
-        )  # fmt: skip
-    elapsed = time.perf_counter() - started
-    return _finish(args, files, previous, backbone, len(todo), elapsed)
+        raise ScoreError(f"interrupted: {_kept_hint(args.out)}", code=130) from None
+    return len(plan.share)
 
 
-def _finish(args, files, previous, backbone, n_new: int, elapsed: float) -> int:
-    """Merge previous rows and journals, write OUT atomically, drop the journals, report."""
+def _finish(args: argparse.Namespace, plan: Plan, n_new: int, elapsed: float) -> int:
+    """Merge previous rows and journals, write OUT atomically, drop the journals, report (rank 0)."""
     out: Path = args.out
     journals = fs.existing_journals(out)
-    merged = fs.combine([previous, fs.merge_journals(journals)])
-    listed = {f.as_posix() for f in files}
+    merged = fs.combine([plan.previous, fs.merge_journals(journals)])
+    listed = {f.as_posix() for f in plan.files}
     frame = fs.finalize(merged[merged["path"].isin(listed)])
     fs.write_table(frame, out)
     for journal in journals:
         journal.unlink()
     n_ok = int((frame["status"] == "ok").sum())
     if args.gallery is not None and n_ok:
-        write_gallery(frame, args.dir, args.gallery, args.n_gallery, title=backbone.name)
-    _print_summary(frame, out, args.gallery if n_ok else None, n_new, elapsed, len(previous))
+        write_gallery(frame, args.dir, args.gallery, args.n_gallery, title=plan.backbone.name)
+    n_resumed = len(plan.previous)
+    _print_summary(frame, out, args.gallery if n_ok else None, n_new, elapsed, n_resumed)
     if n_ok == 0:
         return _fail(f"DIR: none of the {len(frame)} files could be scored; see {out}")
     return 0
@@ -186,9 +311,21 @@ def _print_summary(frame, out: Path, gallery, n_new: int, elapsed: float, n_resu
     print(f"wrote {out}" + (f" and {gallery}" if gallery else ""))
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"jepabook score: error: {message}", file=sys.stderr)
+def _fail(message: str, code: int = 1, *, all_ranks: bool = False) -> int:
+    """Print the error (on rank 0 only, unless all_ranks: the ranks agree on failures) and return code."""
+    if all_ranks or distributed.rank() == 0:
+        print(f"jepabook score: error: {message}", file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def _only_on_rank_0() -> Iterator[None]:
+    """Swallow stdout and stderr on the ranks other than 0 of a torchrun launch."""
+    if distributed.env_rank() == 0:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _existing_dir(text: str) -> Path:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from jepabook.jacobian import Plan, activation_bytes, jacobian_rows, plan_blocks
-from jepabook.logdet import logdet_from_jacobian
+from jepabook.logdet import gram, half_logdet, logdet_from_jacobian
 from jepabook.precision import Precision, check_precision, matmul_precision, with_precision
 
 Pool = Literal["mean", "first"]
@@ -129,9 +129,10 @@ def _score(model, encoder, x, *, eps, mode, chunk, block, budget, precision) -> 
         scores = []
         for start in range(0, x.shape[0], chunk):
             J = jacobian_rows(encoder, x[start : start + chunk], plan.K, mode=mode, block=block)
-            _check_finite(J, start)
-            scores.append(logdet_from_jacobian(J, eps))
+            G = gram(J)
             del J
+            _check_finite(G, start)  # non-finite iff J is; checking J itself would copy it twice
+            scores.append(half_logdet(G, eps))
     return torch.cat(scores).detach()
 
 
@@ -254,8 +255,9 @@ def _check_views(augment: Callable | None, n_views: int) -> None:
         raise TypeError(f"augment: expected a callable (B, ...) -> (B, ...), got {augment!r}")
 
 
-def _check_finite(J: torch.Tensor, offset: int) -> None:
-    bad = ~torch.isfinite(J).flatten(1).all(1)
+def _check_finite(G: torch.Tensor, offset: int) -> None:
+    """FloatingPointError naming the first sample whose Jacobian (Gram matrix) (B, r, r) is not finite."""
+    bad = ~torch.isfinite(G).flatten(1).all(1)
     if bad.any():
         index = offset + int(bad.nonzero()[0])
         raise FloatingPointError(f"x: the Jacobian at sample index {index} has non-finite entries")
