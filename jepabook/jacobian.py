@@ -20,16 +20,19 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp, vmap
 
-# Activation bytes one pass should carry so that its fixed cost (Python, kernel launches) is small
-# next to its work; more only costs memory. On a CPU, blocks of basis vectors gained nothing over
-# plain backward passes (measured on 2 cores: a CNN at batch 256 ran 3-4x slower in blocks of 16, a
-# ViT-S within +-15%), so there a pass's rows come from the samples of a chunk alone; a GPU needs
-# many rows per pass to fill, and gets them from blocks of basis vectors too. Forward mode (D < K,
-# so D is small) always takes all D tangents in one vmapped pass: one call of `torch.func.jvp`
-# costs more than a backward pass (an MLP at batch 256 on a CPU: 16 single tangents 91 ms, one
-# block of 16 30 ms, the listing's 64 backward passes 86 ms).
+# Rows (samples x basis vectors) one pass should carry: enough activation bytes that its fixed cost
+# (Python, kernel launches) is small next to its work, and on a CPU at least MIN_ROWS so that the
+# matrix products are not thin; more only costs memory. Measured on 2 CPU cores: the 28 px CNN at
+# batch 256 ran its 64 products in 2.4 s as plain passes over chunks of 43 (16 MiB of activations),
+# 3.6 s over the whole batch and 4.4 s in blocks of 16; a ViT-S/14 at 112 px, batch 4, took 89 s as
+# plain passes of one sample, 58 s of four samples and 56 s in blocks of 16 rows of one sample. A
+# GPU fills only with hundreds of rows per pass: whole batches, then blocks of basis vectors.
+# Forward mode (D < K, so D is small) takes all D tangents in one vmapped pass: one call of
+# `torch.func.jvp` costs more than a backward pass (an MLP at batch 256 on a CPU: 16 single
+# tangents 91 ms, one block of 16 30 ms, the listing's 64 backward passes 86 ms).
 PASS_BYTES = {"cpu": 16 << 20, "cuda": 16 << 30}
-BLOCKED_DEVICES = ("cuda",)
+MIN_ROWS = {"cpu": 4, "cuda": 1}
+WHOLE_BATCH_DEVICES = ("cuda",)
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,10 @@ def plan_blocks(
 ) -> Plan:
     """Samples per chunk and basis vectors per block for one batch.
 
-    On a CPU a chunk holds just enough samples for one plain pass to carry `PASS_BYTES` of
-    activations (and no more than the budget allows: a chunk's Jacobians are held whole to form its
-    Gram matrices). On a GPU a chunk is as large as the budget allows and blocks of basis vectors
-    fill the rows, within the memory that is left. Chunks are balanced.
+    A pass should carry `rows` sample-rows: `PASS_BYTES` of activations, at least `MIN_ROWS`. On a
+    CPU a chunk holds that many samples when the budget allows (a chunk's Jacobians are held whole
+    to form its Gram matrices); on a GPU as many as the budget allows. Blocks of basis vectors then
+    make up the rows a chunk lacks, within the memory that is left. Chunks are balanced.
 
     Args:
         B, K, D: batch size, embedding width, input size.
@@ -105,16 +108,15 @@ def plan_blocks(
         forward: Jacobian-vector products (D basis inputs) instead of vector-Jacobian (K).
     """
     jacobian = K * D * itemsize
-    rows = max(1, PASS_BYTES.get(device_type, PASS_BYTES["cpu"]) // max(1, activation))
+    device = device_type if device_type in PASS_BYTES else "cpu"
+    rows = max(MIN_ROWS[device], PASS_BYTES[device] // max(1, activation))
     fit = max(1, budget // (jacobian + 2 * activation))
-    blocked = forward or device_type in BLOCKED_DEVICES
-    chunk = min(B, fit) if blocked and not forward else min(B, fit, rows)
-    chunk = -(-B // -(-B // chunk))  # the same number of chunks, as even as possible
-    block = 1
-    if blocked:
-        by_memory = (budget - chunk * (jacobian + activation)) // max(1, chunk * activation)
-        wanted = D if forward else rows // chunk
-        block = max(1, min(D if forward else K, wanted, by_memory))
+    whole = device in WHOLE_BATCH_DEVICES and not forward
+    most = min(B, fit) if whole else min(B, fit, rows)
+    chunk = -(-B // -(-B // most))  # the same number of chunks, as even as possible
+    by_memory = (budget - chunk * (jacobian + activation)) // max(1, chunk * activation)
+    wanted = D if forward else -(-rows // most)
+    block = max(1, min(D if forward else K, wanted, by_memory))
     return Plan(chunk, block, forward, K, D, itemsize, activation)
 
 

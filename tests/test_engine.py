@@ -109,7 +109,19 @@ def test_activation_bytes_counts_what_one_sample_saves():
 def test_plans_respect_the_budget_and_the_device():
     args = dict(K=384, D=150528, itemsize=4, activation=55 << 20)
     cpu = plan_blocks(4, **args, budget=1 << 30, device_type="cpu", forward=False)
-    assert cpu.block == 1 and cpu.peak_bytes() <= 1 << 30
+    # the budget holds 3 samples' Jacobians: chunks of 2, blocks of 2 make up the 4 rows per pass
+    assert (cpu.chunk, cpu.block) == (2, 2) and cpu.peak_bytes() <= 1 << 30
+    cnn = plan_blocks(
+        256,
+        K=64,
+        D=784,
+        itemsize=4,
+        activation=320 << 10,
+        budget=1 << 30,
+        device_type="cpu",
+        forward=False,
+    )
+    assert (cnn.chunk, cnn.block) == (43, 1)  # 51 samples carry 16 MiB; 6 balanced chunks
     cuda = plan_blocks(8, **args, budget=64 << 30, device_type="cuda", forward=False)
     assert cuda.chunk == 8 and cuda.block > 8 and cuda.peak_bytes() <= 64 << 30
     tight = plan_blocks(8, **args, budget=2 << 30, device_type="cuda", forward=False)
