@@ -20,18 +20,20 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp, vmap
 
-# Rows (samples x basis vectors) one pass should carry: enough activation bytes that its fixed cost
-# (Python, kernel launches) is small next to its work, and on a CPU at least MIN_ROWS so that the
-# matrix products are not thin; more only costs memory. Measured on 2 CPU cores: the 28 px CNN at
-# batch 256 ran its 64 products in 2.4 s as plain passes over chunks of 43 (16 MiB of activations),
-# 3.6 s over the whole batch and 4.4 s in blocks of 16; a ViT-S/14 at 112 px, batch 4, took 89 s as
-# plain passes of one sample, 58 s of four samples and 56 s in blocks of 16 rows of one sample. A
-# GPU fills only with hundreds of rows per pass: whole batches, then blocks of basis vectors.
+# Rows (samples x basis vectors) one pass should carry: about PASS_BYTES of saved activations, so
+# that its fixed cost (Python, kernel launches, thin matrix products) is small next to its work; more
+# only costs memory. A GPU fills only with hundreds of rows per pass: whole batches, then blocks of
+# basis vectors. On a CPU, chunks of samples come first (at least MIN_SAMPLES when the budget allows)
+# and blocks only make up a chunk that carries too few bytes. Measured on 2 CPU cores (plain passes
+# unless said): the 28 px CNN at batch 256, 64 products in 2.5 s over chunks of 43 (16 MiB), 3.2 s
+# over the whole batch, 4.5 s in blocks of 16; a ViT-S/14 at 112 px, batch 4: 89 s over single
+# samples, 56 s over single samples in blocks of 16, 54 s over chunks of 4; at 224 px, batch 4: 227 s
+# over chunks of 2, 226 s over 4, 254 s over chunks of 2 in blocks of 2.
 # Forward mode (D < K, so D is small) takes all D tangents in one vmapped pass: one call of
 # `torch.func.jvp` costs more than a backward pass (an MLP at batch 256 on a CPU: 16 single
 # tangents 91 ms, one block of 16 30 ms, the listing's 64 backward passes 86 ms).
 PASS_BYTES = {"cpu": 16 << 20, "cuda": 16 << 30}
-MIN_ROWS = {"cpu": 4, "cuda": 1}
+MIN_SAMPLES = {"cpu": 4, "cuda": 1}
 WHOLE_BATCH_DEVICES = ("cuda",)
 
 
@@ -94,10 +96,10 @@ def plan_blocks(
 ) -> Plan:
     """Samples per chunk and basis vectors per block for one batch.
 
-    A pass should carry `rows` sample-rows: `PASS_BYTES` of activations, at least `MIN_ROWS`. On a
-    CPU a chunk holds that many samples when the budget allows (a chunk's Jacobians are held whole
-    to form its Gram matrices); on a GPU as many as the budget allows. Blocks of basis vectors then
-    make up the rows a chunk lacks, within the memory that is left. Chunks are balanced.
+    A pass should carry `rows` sample-rows, `PASS_BYTES` of saved activations. On a CPU a chunk
+    holds that many samples, at least `MIN_SAMPLES`, when the budget allows (a chunk's Jacobians are
+    held whole to form its Gram matrices); on a GPU as many as the budget allows. Blocks of basis
+    vectors then make up the rows a chunk lacks, within the memory that is left. Chunks are balanced.
 
     Args:
         B, K, D: batch size, embedding width, input size.
@@ -109,13 +111,13 @@ def plan_blocks(
     """
     jacobian = K * D * itemsize
     device = device_type if device_type in PASS_BYTES else "cpu"
-    rows = max(MIN_ROWS[device], PASS_BYTES[device] // max(1, activation))
+    rows = max(1, PASS_BYTES[device] // max(1, activation))
     fit = max(1, budget // (jacobian + 2 * activation))
     whole = device in WHOLE_BATCH_DEVICES and not forward
-    most = min(B, fit) if whole else min(B, fit, rows)
+    most = min(B, fit) if whole else min(B, fit, max(MIN_SAMPLES[device], rows))
     chunk = -(-B // -(-B // most))  # the same number of chunks, as even as possible
     by_memory = (budget - chunk * (jacobian + activation)) // max(1, chunk * activation)
-    wanted = D if forward else -(-rows // most)
+    wanted = D if forward else round(PASS_BYTES[device] / max(1, most * activation))
     block = max(1, min(D if forward else K, wanted, by_memory))
     return Plan(chunk, block, forward, K, D, itemsize, activation)
 

@@ -109,8 +109,19 @@ def test_activation_bytes_counts_what_one_sample_saves():
 def test_plans_respect_the_budget_and_the_device():
     args = dict(K=384, D=150528, itemsize=4, activation=55 << 20)
     cpu = plan_blocks(4, **args, budget=1 << 30, device_type="cpu", forward=False)
-    # the budget holds 3 samples' Jacobians: chunks of 2, blocks of 2 make up the 4 rows per pass
-    assert (cpu.chunk, cpu.block) == (2, 2) and cpu.peak_bytes() <= 1 << 30
+    # the budget holds 3 samples' Jacobians: 2 balanced chunks of 2, each pass well over 16 MiB
+    assert (cpu.chunk, cpu.block) == (2, 1) and cpu.peak_bytes() <= 1 << 30
+    thin = plan_blocks(
+        1,
+        K=384,
+        D=37632,
+        itemsize=4,
+        activation=10 << 20,
+        budget=1 << 30,
+        device_type="cpu",
+        forward=False,
+    )
+    assert (thin.chunk, thin.block) == (1, 2)  # one 10 MiB sample: blocks of 2 make up 16 MiB
     cnn = plan_blocks(
         256,
         K=64,
