@@ -64,9 +64,11 @@ def load_image(path: Path, preprocess) -> torch.Tensor:
         raise ValueError(f"unreadable image: {type(error).__name__}: {error}") from None
 
 
-def score_batch(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_batch(
+    encoder, x: torch.Tensor, precision: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """JEPA-SCORE and embedding norm ||f(x)|| of a batch (B, C, H, W); two (B,) float64 tensors."""
-    scores = jepa_score(encoder, x)
+    scores = jepa_score(encoder, x, precision=precision)
     with torch.no_grad():
         norms = encoder(x).flatten(1).norm(dim=1).to(torch.float64)
     return scores, norms
@@ -81,6 +83,7 @@ def score_folder(
     device: str | torch.device = "cpu",
     journal: Path | None = None,
     progress: bool = True,
+    precision: str = "float32",
 ) -> pd.DataFrame:
     """Score the given files (relative to root) in batches, appending each batch to `journal`.
 
@@ -89,6 +92,7 @@ def score_folder(
         backbone: a `jepabook.backbones.Backbone` (encoder, preprocess, name, embedding).
         batch_size: images per call to `jepa_score`.
         journal: JSON-lines file the records of each finished batch are appended to, or None.
+        precision: `jepa_score`'s precision ("float32"; on CUDA also "tf32" or "bf16").
 
     Returns:
         one row per file with the `RECORD_COLUMNS` (no rank), in the order of `files`.
@@ -98,7 +102,7 @@ def score_folder(
     with tqdm(total=len(files), unit="img", disable=not progress, desc="JEPA-SCORE") as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            batch = _score_chunk(chunk, backbone, root, device, expected)
+            batch = _score_chunk(chunk, backbone, root, device, expected, precision)
             if journal is not None:
                 append_journal(journal, batch)
             records.extend(batch)
@@ -106,7 +110,9 @@ def score_folder(
     return pd.DataFrame(records, columns=RECORD_COLUMNS)
 
 
-def _score_chunk(chunk, backbone, root: Path, device, expected: tuple | None) -> list[dict]:
+def _score_chunk(
+    chunk, backbone, root: Path, device, expected: tuple | None, precision: str
+) -> list[dict]:
     """Records for one batch of files: load each, score the readable ones together."""
     meta = {"backbone": backbone.name, "embedding": backbone.embedding}
     records, tensors = [], []
@@ -126,21 +132,21 @@ def _score_chunk(chunk, backbone, root: Path, device, expected: tuple | None) ->
     ok = [r for r in records if r["status"] == "ok"]
     if tensors:
         x = torch.stack(tensors).to(device)
-        for record, result in zip(ok, _score_tensors(backbone.encoder, x), strict=True):
+        for record, result in zip(ok, _score_tensors(backbone.encoder, x, precision), strict=True):
             record.update(result)
     return records
 
 
-def _score_tensors(encoder, x: torch.Tensor) -> list[dict]:
+def _score_tensors(encoder, x: torch.Tensor, precision: str) -> list[dict]:
     """Score and norm per sample of x (B, ...); a non-finite Jacobian becomes that sample's error."""
     try:
-        scores, norms = score_batch(encoder, x)
+        scores, norms = score_batch(encoder, x, precision)
     except FloatingPointError:
         if len(x) == 1:
             reason = "non-finite Jacobian: JEPA-SCORE undefined for this image"
             return [{"score": None, "embedding_norm": None, "status": "error", "error": reason}]
         # one bad sample must not cost the whole batch: redo it sample by sample
-        return [_score_tensors(encoder, x[i : i + 1])[0] for i in range(len(x))]
+        return [_score_tensors(encoder, x[i : i + 1], precision)[0] for i in range(len(x))]
     return [
         {"score": float(s), "embedding_norm": float(n)}
         for s, n in zip(scores.cpu().tolist(), norms.cpu().tolist(), strict=True)

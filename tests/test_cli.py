@@ -179,6 +179,12 @@ def test_a_folder_of_only_bad_files_lists_them_and_fails(tmp_path, weights, caps
         (["score", "{tmp}", "--backbone", "x", "--batch-size", "0"], 2, "--batch-size: expected a"),
         (["score", "{tmp}", "--backbone", "x", "--gallery", "g.jpg"], 2, "--gallery: expected"),
         (["score", "{tmp}"], 2, "--backbone"),
+        (["score", "{tmp}", "--backbone", "x", "--precision", "fp8"], 2, "--precision"),
+        (
+            ["score", "{tmp}", "--backbone", "x", "--precision", "bf16", "--device", "cpu"],
+            2,
+            "--precision: bf16 needs a CUDA device",
+        ),
         (["score", "{tmp}", "--backbone", "no-such-model"], 1, "no-such-model"),
         (
             ["score", "{tmp}", "--backbone", "fmnist-cnn", "--weights", "{tmp}/none.pt"],
@@ -205,11 +211,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     assert score(images, full, weights) == 0
     real, calls = folder_scoring.score_batch, []
 
-    def interrupt_on_second_call(encoder, x):
+    def interrupt_on_second_call(encoder, x, *options):
         calls.append(len(x))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(encoder, x)
+        return real(encoder, x, *options)
 
     monkeypatch.setattr(folder_scoring, "score_batch", interrupt_on_second_call)
     assert score(images, out, weights) == 130
@@ -224,7 +230,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     assert score(images, out, weights) == 1  # a journal is there: refuse without --resume
     calls.clear()
     monkeypatch.setattr(
-        folder_scoring, "score_batch", lambda e, x: calls.append(len(x)) or real(e, x)
+        folder_scoring, "score_batch", lambda e, x, *o: calls.append(len(x)) or real(e, x, *o)
     )
     assert score(images, out, weights, "--resume") == 0
     assert sum(calls) == len(all_files(images)) - len(first_batch)  # only the files not done
