@@ -17,25 +17,15 @@ from PIL import Image
 
 from jepabook import folder_scoring, jepa_score
 from jepabook.cli import main
-from jepabook.models import build_encoder
-from jepabook.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-META = {
-    "architecture": "cnn", "arch_kwargs": {"in_channels": 1, "out_dim": 16, "width": 8},
-    "dataset": "fashion-mnist", "image_size": 28, "in_channels": 1, "mean": 0.286, "std": 0.353,
-    "embed_dim": 16,
-}  # fmt: skip
 N_GRAY, RGB_SIZES = 12, ((40, 30), (64, 64), (17, 23))
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
+def weights(small_cnn_weights) -> Path:
     """A small trained-here-style checkpoint (K=16, D=784)."""
-    torch.manual_seed(0)
-    encoder = build_encoder("cnn", **META["arch_kwargs"])
-    path = tmp_path_factory.mktemp("weights") / "fmnist-cnn.pt"
-    return save_checkpoint(path, encoder, meta=META)
+    return small_cnn_weights
 
 
 @pytest.fixture

@@ -23,19 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from jepabook import cli, distributed, folder_scoring
-from jepabook.models import build_encoder
-from jepabook.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-META = {
-    "architecture": "cnn", "arch_kwargs": {"in_channels": 1, "out_dim": 16, "width": 8},
-    "dataset": "fashion-mnist", "image_size": 28, "in_channels": 1, "mean": 0.286, "std": 0.353,
-    "embed_dim": 16,
-}  # fmt: skip
 # 12 images then the corrupt file, in sorted order; batches of 4 -> one process: 4, 4, 4, [corrupt];
 # rank 0 gets files 0, 2, ..., 12 -> 4, 3 (2 readable); rank 1 gets 1, 3, ..., 11 -> 4, 2.
 N_IMAGES, CORRUPT, BATCH = 12, "zz_corrupt.png", "4"
@@ -64,13 +56,10 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, small_cnn_weights) -> dict:
     """Weights, a folder of 12 random PNGs and a corrupt file, and the one-process result table."""
     base = tmp_path_factory.mktemp("distributed")
-    torch.manual_seed(0)
-    weights = save_checkpoint(
-        base / "fmnist-cnn.pt", build_encoder("cnn", **META["arch_kwargs"]), meta=META
-    )
+    weights = small_cnn_weights
     rng = np.random.default_rng(0)
     images = base / "images"
     images.mkdir()
