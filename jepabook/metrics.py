@@ -1,5 +1,6 @@
 """Metrics shared by the chapters: correlations with bootstrap confidence intervals, and two-sample
-distances (MMD with an RBF bandwidth ladder, energy distance) for sampling.
+distances (MMD with an RBF bandwidth ladder, energy distance) for sampling, and detection metrics
+(AUROC, AUPR, FPR at 95% TPR) with bootstrap intervals for outlier detection.
 
 Correlations compare an estimate (n,) with a reference (n,) on the same samples; the bootstrap
 resamples those samples with replacement (paired), so two estimates scored on the same samples can
@@ -195,32 +196,138 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))
 
 
-def auroc(inliers, outliers) -> float:
-    """Area under the ROC curve of separating inliers (n,) from outliers (m,) by a score.
+# --------------------------------------------------------------------------------------------------
+# Detection metrics (outlier detection): AUROC, AUPR, FPR at 95% TPR, with bootstrap intervals.
+# Convention: a score is higher for "more in-distribution"; inliers are the positives of AUROC and
+# FPR95 (the usual out-of-distribution convention), outliers the positives of AUPR (finding problems).
+# --------------------------------------------------------------------------------------------------
 
-    Higher scores mean "more in-distribution": 1 = every inlier above every outlier, 0.5 = chance,
-    below 0.5 = the score ranks the outliers as more likely (inverted). Ties count one half.
-    """
+DETECTION_METRICS = ("auroc", "aupr", "fpr95")
+
+
+def _detection_pair(inliers, outliers) -> tuple[np.ndarray, np.ndarray]:
     inliers = np.asarray(inliers, dtype=np.float64).ravel()
     outliers = np.asarray(outliers, dtype=np.float64).ravel()
     if inliers.size == 0 or outliers.size == 0:
         raise ValueError("inliers and outliers: expected at least one score in each")
     if not (np.isfinite(inliers).all() and np.isfinite(outliers).all()):
         raise ValueError("inliers and outliers: expected finite scores")
-    ranks = stats.rankdata(np.concatenate([inliers, outliers]))
-    n, m = inliers.size, outliers.size
-    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+    return inliers, outliers
+
+
+def _auroc_rows(inliers: np.ndarray, outliers: np.ndarray) -> np.ndarray:
+    """AUROC of each row: inliers (R, n), outliers (R, m) -> (R,); ties count one half."""
+    n, m = inliers.shape[1], outliers.shape[1]
+    ranks = stats.rankdata(np.concatenate([inliers, outliers], axis=1), axis=1)
+    return (ranks[:, :n].sum(1) - n * (n + 1) / 2) / (n * m)
+
+
+def _aupr_rows(inliers: np.ndarray, outliers: np.ndarray) -> np.ndarray:
+    """Average precision of finding the outliers, most outlying (lowest score) first: (R,).
+
+    AP = sum over thresholds of (recall step) x precision, tied scores forming one threshold (the
+    step-wise definition of scikit-learn's average_precision_score, without interpolation).
+    """
+    m = outliers.shape[1]
+    outlying = -np.concatenate([inliers, outliers], axis=1)
+    is_outlier = np.concatenate([np.zeros_like(inliers), np.ones_like(outliers)], axis=1)
+    order = np.argsort(-outlying, axis=1, kind="stable")
+    ranked = np.take_along_axis(outlying, order, axis=1)
+    positive = np.take_along_axis(is_outlier, order, axis=1)
+    found = np.cumsum(positive, axis=1)
+    precision = found / np.arange(1, ranked.shape[1] + 1)
+    # every sample takes the precision at the end of its group of tied scores
+    length = ranked.shape[1]
+    last = np.ones_like(ranked, dtype=bool)
+    last[:, :-1] = ranked[:, :-1] != ranked[:, 1:]
+    ends = np.where(last, np.arange(length), length)
+    group_end = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
+    return (positive * np.take_along_axis(precision, group_end, axis=1)).sum(1) / m
+
+
+def _fpr_rows(inliers: np.ndarray, outliers: np.ndarray, tpr: float) -> np.ndarray:
+    """Share of outliers accepted at the highest threshold that accepts `tpr` of the inliers: (R,)."""
+    n = inliers.shape[1]
+    keep = int(np.ceil(tpr * n - 1e-9))
+    threshold = -np.sort(-inliers, axis=1)[:, max(keep, 1) - 1]
+    return (outliers >= threshold[:, None]).mean(1)
+
+
+def _metric_rows(name: str, inliers: np.ndarray, outliers: np.ndarray) -> np.ndarray:
+    if name == "auroc":
+        return _auroc_rows(inliers, outliers)
+    if name == "aupr":
+        return _aupr_rows(inliers, outliers)
+    if name == "fpr95":
+        return _fpr_rows(inliers, outliers, 0.95)
+    raise ValueError(f"metrics: expected names from {DETECTION_METRICS}, got {name!r}")
+
+
+def auroc(inliers, outliers) -> float:
+    """Area under the ROC curve of separating inliers (n,) from outliers (m,) by a score.
+
+    Higher scores mean "more in-distribution": 1 = every inlier above every outlier, 0.5 = chance,
+    below 0.5 = the score ranks the outliers as more likely (inverted). Ties count one half.
+    """
+    inliers, outliers = _detection_pair(inliers, outliers)
+    return float(_auroc_rows(inliers[None], outliers[None])[0])
+
+
+def aupr(inliers, outliers) -> float:
+    """Area under the precision-recall curve (average precision) of finding the outliers (m,)
+    among inliers (n,) by ranking the lowest scores first; chance = m / (n + m)."""
+    inliers, outliers = _detection_pair(inliers, outliers)
+    return float(_aupr_rows(inliers[None], outliers[None])[0])
+
+
+def fpr_at_tpr(inliers, outliers, tpr: float = 0.95) -> float:
+    """FPR at `tpr` TPR: the share of outliers (m,) scoring at least the threshold that keeps a
+    fraction `tpr` of the inliers (n,); 0 is perfect, 1 - tpr is chance for continuous scores."""
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr: expected a fraction in (0, 1], got {tpr}")
+    inliers, outliers = _detection_pair(inliers, outliers)
+    return float(_fpr_rows(inliers[None], outliers[None], tpr)[0])
+
+
+def detection_metrics(
+    inliers,
+    outliers,
+    *,
+    metrics: tuple[str, ...] = DETECTION_METRICS,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """{metric: Interval}: AUROC, AUPR and FPR95 of inliers (n,) vs outliers (m,) with percentile
+    bootstrap intervals (inliers and outliers resampled separately, the same draws for every metric).
+    """
+    inliers, outliers = _detection_pair(inliers, outliers)
+    if not 0 < level < 1:
+        raise ValueError(f"level: expected a number in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    inlier_draws = bootstrap_indices(inliers.size, n_boot, int(rng.integers(2**31)))
+    outlier_draws = bootstrap_indices(outliers.size, n_boot, int(rng.integers(2**31)))
+    result = {}
+    for name in metrics:
+        point = _metric_rows(name, inliers[None], outliers[None])[0]
+        draws = np.concatenate(
+            [
+                _metric_rows(
+                    name, inliers[inlier_draws[i : i + 200]], outliers[outlier_draws[i : i + 200]]
+                )
+                for i in range(0, n_boot, 200)
+            ]
+        )
+        low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+        result[name] = Interval(float(point), float(low), float(high))
+    return result
 
 
 def bootstrap_auroc(
     inliers, outliers, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> Interval:
     """AUROC with a percentile bootstrap interval (inliers and outliers resampled separately)."""
-    inliers, outliers = np.asarray(inliers, np.float64), np.asarray(outliers, np.float64)
-    rng = np.random.default_rng(seed)
-    draws = [
-        auroc(rng.choice(inliers, inliers.size), rng.choice(outliers, outliers.size))
-        for _ in range(n_boot)
-    ]
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(auroc(inliers, outliers), float(low), float(high))
+    intervals = detection_metrics(
+        inliers, outliers, metrics=("auroc",), n_boot=n_boot, level=level, seed=seed
+    )
+    return intervals["auroc"]
