@@ -90,7 +90,6 @@ class Sample:
             raise ValueError(f"sample: {by} needs {' and '.join(missing)}, which this sample lacks")
 
 
-@torch.no_grad()
 def embed(
     encoder: nn.Module,
     inputs: torch.Tensor,
@@ -99,16 +98,11 @@ def embed(
     batch_size: int = 512,
 ) -> Sample:
     """Sample of encoder inputs (n, ...): embeddings f(x) (n, K) computed in eval mode, batch by batch."""
-    from jepabook.score import eval_mode
+    from jepabook.probe import embed as embeddings
 
-    device = next(encoder.parameters()).device
-    with eval_mode(encoder):
-        parts = [
-            encoder(inputs[i : i + batch_size].to(device)).double().cpu()
-            for i in range(0, len(inputs), batch_size)
-        ]
     labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
-    return Sample(torch.cat(parts).numpy(), inputs, encoder, labels)
+    z = embeddings(encoder, inputs, batch_size).double().numpy()
+    return Sample(z, inputs, encoder, labels)
 
 
 class Detector(ABC):
@@ -205,7 +199,9 @@ class ChangeOfVariables(JepaScore):
             mean, cov = np.zeros(K), np.eye(K)
         else:
             mean, cov = train.embeddings.mean(0), np.cov(train.embeddings, rowvar=False)
-        self.law = stats.multivariate_normal(mean, cov, allow_singular=True)
+            # a ridge of 1e-6 of the mean variance: a (near-)singular fit would give log N = -inf
+            cov = cov + 1e-6 * np.trace(cov) / K * np.eye(K)
+        self.law = stats.multivariate_normal(mean, cov)
         return self
 
     def score(self, sample: Sample) -> np.ndarray:
@@ -276,12 +272,14 @@ def _unit(z: np.ndarray) -> np.ndarray:
 
 
 class KNN(_EmbeddingDetector):
-    """-(distance to the k-th nearest training embedding), both L2-normalised (Sun et al., 2022)."""
+    """-(distance to the k-th nearest training embedding), both L2-normalised (Sun et al., 2022);
+    normalise=False measures distances between the embeddings as they are."""
 
-    def __init__(self, k: int = 10):
+    def __init__(self, k: int = 10, normalise: bool = True):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
-        self.k, self.name = k, f"k-NN (k={k})"
+        self.k, self.normalise = k, normalise
+        self.name = f"k-NN (k={k})" if normalise else f"k-NN, unnormalised (k={k})"
 
     def _fit(self, train: Sample) -> None:
         from sklearn.neighbors import NearestNeighbors
@@ -290,10 +288,13 @@ class KNN(_EmbeddingDetector):
             raise ValueError(
                 f"train: k-NN with k={self.k} needs >= {self.k} samples, got {len(train)}"
             )
-        self.index = NearestNeighbors(n_neighbors=self.k).fit(_unit(train.embeddings))
+        self.index = NearestNeighbors(n_neighbors=self.k).fit(self._prepare(train.embeddings))
+
+    def _prepare(self, z: np.ndarray) -> np.ndarray:
+        return _unit(z) if self.normalise else z
 
     def _score(self, z: np.ndarray, sample: Sample) -> np.ndarray:
-        distances, _ = self.index.kneighbors(_unit(z))
+        distances, _ = self.index.kneighbors(self._prepare(z))
         return -distances[:, -1]
 
 
@@ -381,7 +382,7 @@ def standard_detectors(
     detectors: list[Detector] = [JepaScore(), ChangeOfVariables("fitted")]
     if augment is not None:
         detectors.append(MultiView(augment, n_views, seed=seed))
-    detectors += [KNN(k), Mahalanobis()]
+    detectors += [KNN(k), KNN(k, normalise=False), Mahalanobis()]
     if labels:
         detectors.append(Mahalanobis(class_conditional=True))
     detectors += [GaussianMixtureDensity(seed=seed), KernelDensity(), EmbeddingNorm()]
@@ -410,17 +411,26 @@ def evaluate(
     rows = []
     for detector in detectors:
         detector.fit(train)
-        inlier_scores = detector.score(inliers)
+        inlier_scores = _finite(detector.score(inliers), detector, "the in-distribution sample")
         for name, sample in outliers.items():
-            intervals = detection_metrics(
-                inlier_scores, detector.score(sample), n_boot=n_boot, seed=seed
-            )
+            outlier_scores = _finite(detector.score(sample), detector, f"set {name!r}")
+            intervals = detection_metrics(inlier_scores, outlier_scores, n_boot=n_boot, seed=seed)
             row = {"detector": detector.name, "set": name}
             for metric, interval in intervals.items():
                 row |= {metric: interval.estimate, f"{metric}_low": interval.low}
                 row[f"{metric}_high"] = interval.high
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _finite(scores: np.ndarray, detector: Detector, where: str) -> np.ndarray:
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(
+            f"{detector.name} gave {len(bad)} non-finite scores on {where} (first: sample {bad[0]}, "
+            f"value {scores[bad[0]]})"
+        )
+    return scores
 
 
 def cross_fit_scores(

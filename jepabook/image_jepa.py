@@ -84,6 +84,8 @@ class ImageRecipe:
             parts.append(self.regulariser)
         if self.n_train is not None and not (scale == "ci" and self.n_train == CI_TRAIN_SIZE):
             parts.append(f"n{self.n_train}")
+        if self.width != 16:
+            parts.append(f"w{self.width}")
         if self.seed:
             parts.append(f"seed{self.seed}")
         return "-".join(parts)
@@ -163,7 +165,7 @@ class TrainedEncoder:
     encoder: nn.Module
     meta: dict
     history: History | None
-    path: Path
+    path: Path | None
 
     def inputs(self, images: ImageSet | torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) pixels in [0, 1] -> normalised encoder inputs."""
@@ -191,6 +193,42 @@ def train_image_encoder(
         encoder, meta = encoder_from_checkpoint(path)
         return TrainedEncoder(name, encoder, meta, _saved_history(path, encoder), path)
     data = training_images(recipe.dataset, recipe.n_train)
+    trained, predictor, config = _train(name, data, recipe, scale, device=device, progress=progress)
+    trained.path = path
+    save_checkpoint(
+        path, trained.encoder, predictor, config=config, history=trained.history, meta=trained.meta
+    )
+    return trained
+
+
+def train_on_images(
+    images: ImageSet,
+    name: str = "fmnist-cnn",
+    scale: str = "default",
+    *,
+    device: str = "auto",
+    progress: bool = True,
+    **overrides,
+) -> TrainedEncoder:
+    """Train encoder `name`'s recipe on any images (N, 1, H, W) in [0, 1], e.g. a curated training set.
+
+    Nothing is cached (the result's path is None); overrides: ImageRecipe fields except n_train.
+    """
+    if "n_train" in overrides:
+        raise ValueError(
+            "n_train: train_on_images trains on all the given images; subset them first"
+        )
+    recipe = recipe_for(name, scale, **overrides)
+    trained, _, _ = _train(name, images, recipe, scale, device=device, progress=progress)
+    return trained
+
+
+def _train(
+    name: str, data: ImageSet, recipe: ImageRecipe, scale: str, *, device: str, progress: bool
+) -> tuple[TrainedEncoder, nn.Module, TrainConfig]:
+    """Train one encoder + predictor on `data` with `recipe`; both returned on the CPU."""
+    if len(data) < 2:
+        raise ValueError(f"data: expected at least 2 training images, got {len(data)}")
     mean, std = float(data.images.mean()), float(data.images.std())
     meta = {
         "architecture": recipe.architecture,
@@ -226,8 +264,7 @@ def train_image_encoder(
         encoder, predictor, ImageViews(), normalise(data.images, meta), config, held_out=held_out
     )
     encoder.cpu().eval()
-    save_checkpoint(path, encoder, predictor.cpu(), config=config, history=history, meta=meta)
-    return TrainedEncoder(name, encoder, meta, history, path)
+    return TrainedEncoder(name, encoder, meta, history, None), predictor.cpu(), config
 
 
 def _saved_history(path: Path, encoder: nn.Module) -> History | None:

@@ -323,6 +323,43 @@ def detection_metrics(
     return result
 
 
+def paired_difference(
+    first: tuple,
+    second: tuple,
+    *,
+    metric: str = "auroc",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """metric(first) - metric(second) for two scores of the same samples, with a paired bootstrap.
+
+    first, second: (inlier scores (n,), outlier scores (m,)) of two detectors on the same n inliers
+    and m outliers; every resample draws the same samples for both, so the interval reflects the
+    difference between the detectors, not the sampling noise they share.
+    """
+    (a_in, a_out), (b_in, b_out) = _detection_pair(*first), _detection_pair(*second)
+    if a_in.shape != b_in.shape or a_out.shape != b_out.shape:
+        raise ValueError("first and second: expected scores of the same inliers and outliers")
+    rng = np.random.default_rng(seed)
+    rows_in = bootstrap_indices(a_in.size, n_boot, int(rng.integers(2**31)))
+    rows_out = bootstrap_indices(a_out.size, n_boot, int(rng.integers(2**31)))
+
+    def value(inl: np.ndarray, out: np.ndarray, i, o) -> np.ndarray:
+        return _metric_rows(metric, inl[i], out[o])
+
+    point = value(a_in, a_out, None, None)[0] - value(b_in, b_out, None, None)[0]
+    draws = np.concatenate(
+        [
+            value(a_in, a_out, rows_in[i : i + 200], rows_out[i : i + 200])
+            - value(b_in, b_out, rows_in[i : i + 200], rows_out[i : i + 200])
+            for i in range(0, n_boot, 200)
+        ]
+    )
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(point), float(low), float(high))
+
+
 def bootstrap_auroc(
     inliers, outliers, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> Interval:

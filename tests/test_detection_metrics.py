@@ -101,3 +101,20 @@ def test_bad_inputs_are_named():
         detection_metrics([1.0], [0.0], level=95)
     with pytest.raises(ValueError, match="metrics"):
         detection_metrics([1.0], [0.0], metrics=("accuracy",))
+
+
+def test_paired_difference_separates_a_better_detector_and_not_itself():
+    from jepabook.metrics import paired_difference
+
+    rng = np.random.default_rng(2)
+    truth_in, truth_out = rng.normal(1.0, 1, 400), rng.normal(0, 1, 300)
+    good = (truth_in, truth_out)
+    noisy = (truth_in + rng.normal(0, 1.5, 400), truth_out + rng.normal(0, 1.5, 300))
+    gap = paired_difference(good, noisy, n_boot=400)
+    assert gap.low > 0 and gap.estimate == pytest.approx(auroc(*good) - auroc(*noisy))
+    same = paired_difference(good, good, n_boot=50)
+    assert same.estimate == same.low == same.high == 0
+    fpr_gap = paired_difference(good, noisy, metric="fpr95", n_boot=200)
+    assert fpr_gap.high < 0  # the better detector accepts fewer outliers
+    with pytest.raises(ValueError, match="same inliers and outliers"):
+        paired_difference(good, (truth_in[:10], truth_out), n_boot=10)

@@ -47,6 +47,8 @@ def test_mahalanobis_and_knn_equal_their_definitions():
     q = test.embeddings / np.linalg.norm(test.embeddings, axis=1, keepdims=True)
     distances = np.sort(np.linalg.norm(q[:, None] - unit[None], axis=2), axis=1)
     np.testing.assert_allclose(d.KNN(3).fit(train).score(test), -distances[:, 2], rtol=1e-9)
+    raw = np.sort(np.linalg.norm(test.embeddings[:, None] - z[None], axis=2), axis=1)
+    np.testing.assert_allclose(d.KNN(3, normalise=False).fit(train).score(test), -raw[:, 2])
     log_density = stats.multivariate_normal(mean, np.cov(z, rowvar=False)).logpdf(test.embeddings)
     gmm = d.GaussianMixtureDensity(1).fit(train).score(test)
     np.testing.assert_allclose(gmm, log_density, atol=0.02)

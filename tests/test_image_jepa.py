@@ -74,6 +74,8 @@ def test_recipes_name_their_variants():
     assert recipe.variant("default") == "default"
     small = image_jepa.recipe_for("mnist-cnn", "default", regulariser="moments", n_train=1000)
     assert small.variant("default") == "default-moments-n1000"
+    wide = image_jepa.recipe_for("fmnist-cnn", "ci", width=32, regulariser="none")
+    assert wide.variant("ci") == "ci-none-w32" and wide.arch_kwargs()["width"] == 32
     assert image_jepa.recipe_for("fmnist-vit", "ci").n_train == image_jepa.CI_TRAIN_SIZE
     with pytest.raises(ValueError, match="name"):
         image_jepa.recipe_for("cifar-cnn")
@@ -93,6 +95,19 @@ def test_trained_encoder_is_cached_and_loads_as_a_backbone(tmp_path, monkeypatch
     backbone = load_backbone("fmnist-cnn", weights=first.path)
     assert torch.allclose(backbone.encoder(x), first.encoder(x))
     assert abs(first.meta["mean"] - 0.286) < 0.05 and first.meta["recipe"]["steps"] == 3
+
+
+def test_train_on_images_trains_the_recipe_on_given_images_without_caching(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_jepa, "data_dir", lambda: tmp_path)
+    images = image_jepa.training_images("fashion-mnist", 96)
+    options = dict(steps=2, batch_size=32, progress=False, device="cpu")
+    trained = image_jepa.train_on_images(images, "fmnist-cnn", "ci", width=8, **options)
+    assert trained.path is None and trained.meta["n_train"] == 96
+    assert trained.meta["arch_kwargs"]["width"] == 8 and len(trained.history.loss) == 2
+    assert not (tmp_path / "encoders").exists()
+    assert trained.encoder(trained.inputs(images.images[:4])).shape == (4, 64)
+    with pytest.raises(ValueError, match="n_train"):
+        image_jepa.train_on_images(images, "fmnist-cnn", "ci", n_train=10, **options)
 
 
 def test_nested_training_subsets():

@@ -1,0 +1,198 @@
+"""What the outlier-detection chapter measures: every detector of jepabook.detectors on the same
+embeddings of the same image sets, for encoders that differ in size, loss and architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from jepabook.detectors import Detector, Sample, embed, evaluate
+from jepabook.metrics import paired_difference
+
+# row label -> (trained-here encoder name, recipe overrides); the first row is the reference encoder
+OUTLIER_ENCODERS = {
+    "CNN-16 · SIGReg": ("fmnist-cnn", {}),
+    "CNN-8 · SIGReg": ("fmnist-cnn", {"width": 8}),
+    "CNN-32 · SIGReg": ("fmnist-cnn", {"width": 32}),
+    "CNN-16 · moments": ("fmnist-cnn", {"regulariser": "moments"}),
+    "CNN-16 · no regulariser": ("fmnist-cnn", {"regulariser": "none"}),
+    "ViT · SIGReg": ("fmnist-vit", {}),
+}
+
+
+def input_views(trained, **view_options) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """augment(x, generator) for MultiView: a random ImageViews view of normalised encoder inputs.
+
+    The view is drawn in pixel space (x * std + mean) and normalised again, so crops and noise mean
+    the same as in training. view_options: ImageViews arguments (min_area, degrees, flip, noise).
+    """
+    from jepabook.views import ImageViews
+
+    views = ImageViews(**view_options)
+    mean, std = trained.meta["mean"], trained.meta["std"]
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (views(x * std + mean, generator) - mean) / std
+
+    return augment
+
+
+def image_samples(
+    trained, fit, inliers, outliers: dict
+) -> tuple[Sample, Sample, dict[str, Sample]]:
+    """Samples (embeddings, inputs, encoder, labels) of the fitting set, the in-distribution test set
+    and every out-of-domain ImageSet, under one trained-here encoder."""
+
+    def sample(images) -> Sample:
+        return embed(trained.encoder, trained.inputs(images), images.labels)
+
+    return sample(fit), sample(inliers), {name: sample(s) for name, s in outliers.items()}
+
+
+def detector_table(
+    encoders: dict,
+    detectors_for: Callable[[object], list[Detector]],
+    fit,
+    inliers,
+    outliers: dict,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict]:
+    """evaluate() for every encoder: one row per (encoder, detector, set), and the scores.
+
+    detectors_for(trained) -> the detectors to run on that encoder. The second result maps
+    encoder -> detector -> set name (or "in-distribution") -> (n,) scores, for paired comparisons.
+    """
+    tables, scores = [], {}
+    for label, trained in encoders.items():
+        train, test, shifted = image_samples(trained, fit, inliers, outliers)
+        detectors = detectors_for(trained)
+        tables.append(evaluate(detectors, train, test, shifted, n_boot=n_boot, seed=seed))
+        tables[-1].insert(0, "encoder", label)
+        scores[label] = {
+            d.name: {"in-distribution": d.score(test)} | {k: d.score(v) for k, v in shifted.items()}
+            for d in detectors
+        }
+    return pd.concat(tables, ignore_index=True), scores
+
+
+def with_intervals(table: pd.DataFrame, metric: str = "auroc", digits: int = 2) -> pd.Series:
+    """'0.83 [0.79, 0.87]' strings of a metric and its interval, one per row of `table`."""
+    f = f"{{:.{digits}f}}"
+    return table.apply(
+        lambda r: (
+            f"{f.format(r[metric])} [{f.format(r[metric + '_low'])}, "
+            f"{f.format(r[metric + '_high'])}]"
+        ),
+        axis=1,
+    )
+
+
+def head_to_head(
+    scores: dict,
+    challenger: str,
+    baselines: list[str],
+    *,
+    control: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Paired AUROC difference challenger - baseline for every encoder, baseline and set.
+
+    verdict: "wins" when the 95% interval of the difference lies above 0, "loses" below, "ties"
+    otherwise. The control set (not out of domain) is left out.
+    """
+    rows = []
+    for encoder, by_detector in scores.items():
+        first = by_detector[challenger]
+        for baseline in baselines:
+            second = by_detector[baseline]
+            for name in first:
+                if name in ("in-distribution", control):
+                    continue
+                gap = paired_difference(
+                    (first["in-distribution"], first[name]),
+                    (second["in-distribution"], second[name]),
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+                verdict = "wins" if gap.low > 0 else "loses" if gap.high < 0 else "ties"
+                rows.append(
+                    {"encoder": encoder, "baseline": baseline, "set": name,
+                     "difference": gap.estimate, "low": gap.low, "high": gap.high,
+                     "verdict": verdict}
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def tally(duels: pd.DataFrame, by: str = "encoder") -> pd.DataFrame:
+    """Counts of wins / ties / losses per `by` value (columns wins, ties, loses)."""
+    counts = duels.groupby([by, "verdict"], sort=False).size().unstack(fill_value=0)
+    return counts.reindex(columns=["wins", "ties", "loses"], fill_value=0)
+
+
+def standing(table: pd.DataFrame, detector: str, control: str | None = None) -> pd.DataFrame:
+    """Per encoder: the detector's mean AUROC over the out-of-domain sets, its rank among all
+    detectors by that mean (1 = best), and the best detector with its mean."""
+    ood = table if control is None else table[table.set != control]
+    means = ood.groupby(["encoder", "detector"], sort=False).auroc.mean().unstack()
+    ranks = means.rank(axis=1, ascending=False)
+    return pd.DataFrame(
+        {
+            f"{detector} mean AUROC": means[detector],
+            "rank": ranks[detector].astype(int),
+            "of": means.shape[1],
+            "best detector": means.idxmax(axis=1),
+            "best mean AUROC": means.max(axis=1),
+        }
+    ).loc[list(dict.fromkeys(table.encoder))]
+
+
+def mean_auroc(table: pd.DataFrame, control: str | None = None) -> pd.DataFrame:
+    """encoder x detector: mean AUROC over the out-of-domain sets."""
+    ood = table if control is None else table[table.set != control]
+    means = ood.groupby(["encoder", "detector"], sort=False).auroc.mean().unstack()
+    return means.loc[list(dict.fromkeys(table.encoder)), list(dict.fromkeys(table.detector))]
+
+
+def auroc_heatmap(ax, table: pd.DataFrame, encoder: str, title: str = ""):
+    """Heat map of one encoder's AUROC, detectors (rows) x sets (columns), 0.5 = white."""
+    from jepabook.plots import DIVERGING_CMAP
+
+    grid = table[table.encoder == encoder].pivot(index="detector", columns="set", values="auroc")
+    grid = grid.loc[list(dict.fromkeys(table.detector)), list(dict.fromkeys(table.set))]
+    image = ax.imshow(grid.to_numpy(), cmap=DIVERGING_CMAP, vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=40, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    for (i, j), value in np.ndenumerate(grid.to_numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_title(title or encoder)
+    return image
+
+
+def folder_samples(backbone, folders: dict[str, list]) -> tuple[Sample, Sample, dict[str, Sample]]:
+    """Samples of image files under a pretrained backbone (its own preprocessing).
+
+    folders: {set name: [paths]}; the first set is in-distribution, its files split in two halves:
+    the first fits the detectors, the second is the in-distribution test sample.
+    """
+    from PIL import Image
+
+    if not folders:
+        raise ValueError("folders: expected at least the in-distribution set of image paths")
+    device = next(backbone.encoder.parameters()).device
+
+    def sample(paths: list) -> Sample:
+        inputs = torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in paths])
+        return embed(backbone.encoder, inputs.to(device))
+
+    (first, paths), *rest = folders.items()
+    half = len(paths) // 2
+    if half < 2:
+        raise ValueError(f"folders: the in-distribution set {first!r} needs at least 4 images")
+    return sample(paths[:half]), sample(paths[half:]), {name: sample(p) for name, p in rest}
