@@ -88,6 +88,10 @@ class ImageRecipe:
             parts.append(f"w{self.width}")
         if self.seed:
             parts.append(f"seed{self.seed}")
+        usual = ImageRecipe(self.dataset, self.architecture, **SCALE_STEPS.get(scale, {}))
+        for name in ("steps", "batch_size", "n_views", "lam", "lr", "out_dim"):
+            if getattr(self, name) != getattr(usual, name):  # so no other recipe reuses the file
+                parts.append(f"{name.replace('_', '')}{getattr(self, name)}")
         return "-".join(parts)
 
     def arch_kwargs(self) -> dict:

@@ -76,6 +76,9 @@ def test_recipes_name_their_variants():
     assert small.variant("default") == "default-moments-n1000"
     wide = image_jepa.recipe_for("fmnist-cnn", "ci", width=32, regulariser="none")
     assert wide.variant("ci") == "ci-none-w32" and wide.arch_kwargs()["width"] == 32
+    short = image_jepa.recipe_for("fmnist-cnn", "default", steps=150, batch_size=64, lr=1e-3)
+    assert short.variant("default") == "default-steps150-batchsize64-lr0.001"
+    assert image_jepa.recipe_for("fmnist-vit", "full").variant("full") == "full"
     assert image_jepa.recipe_for("fmnist-vit", "ci").n_train == image_jepa.CI_TRAIN_SIZE
     with pytest.raises(ValueError, match="name"):
         image_jepa.recipe_for("cifar-cnn")
