@@ -625,6 +625,308 @@ def removed_by_class(labels, keep, classes: Sequence[str] | None = None) -> pd.S
     return pd.Series(counts, index=list(classes) if classes else range(n_classes), name="removed")
 
 
+def pruning_rankings(
+    jepa_scores, sample: Sample, *, k: int = 10, folds: int = 5, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The pruning rankings of a set: {"JEPA-SCORE": jepa_scores (n,), "k-NN": (n,)}.
+
+    jepa_scores (n,): JEPA-SCORE of the set's n images; sample: their embeddings (n, K), from which
+    the k-NN score is cross-fitted (`self_scores`, `folds` folds). Lowest = least likely.
+    """
+    from jepabook.detectors import KNN
+
+    rankings = {"JEPA-SCORE": np.asarray(jepa_scores)}
+    rankings["k-NN"] = self_scores([KNN(k)], sample, folds=folds, seed=seed)[f"k-NN (k={k})"]
+    return rankings
+
+
+def pruning_summary(
+    probe: pd.DataFrame, rankings: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Probe accuracy per pruned fraction, each ranking against random removal.
+
+    probe: a `pruning_probe_table`; rankings: the ranking names to summarise. Returns the summary
+    (index: fraction; columns: each ranking's accuracy, "random (mean)", "random (sd)" and per
+    ranking "<name> − random", "<name> ± (2 s.e.)" and "<name>: verdict", from `compare_to_random`)
+    and the yardstick {name: the "± (2 s.e.)" column}.
+    """
+    names = list(rankings)
+    random_rows = probe[probe.ranking == "random"].groupby("fraction").accuracy
+    summary = probe[probe.ranking.isin(names)].pivot(
+        index="fraction", columns="ranking", values="accuracy"
+    )
+    summary["random (mean)"] = random_rows.mean()
+    summary["random (sd)"] = random_rows.std()
+    yardstick = {}
+    for name in names:
+        verdicts = []
+        for fraction in summary.index:
+            at_x = probe[probe.fraction == fraction]
+            ranked = at_x[at_x.ranking == name].correct.item()
+            random_correct = np.stack(at_x[at_x.ranking == "random"].correct)
+            verdicts.append(compare_to_random(ranked, random_correct))
+        summary[f"{name} − random"] = [v["difference"] for v in verdicts]
+        summary[f"{name} ± (2 s.e.)"] = [v["half_width"] for v in verdicts]
+        summary[f"{name}: verdict"] = [v["verdict"] for v in verdicts]
+        yardstick[name] = summary[f"{name} ± (2 s.e.)"]
+    return summary, yardstick
+
+
+def unpruned_accuracy(probe: pd.DataFrame) -> float:
+    """The probe accuracy with no image removed (the "none" row of a `pruning_probe_table`)."""
+    return probe.accuracy[probe.ranking == "none"].item()
+
+
+def retrain_keeps(
+    rankings: dict[str, np.ndarray], names: Sequence[str], fraction: float, seeds: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """The kept-image masks (n,) bool to retrain on: the whole set, `fraction` pruned by each of
+    the named rankings ("<name> pruned") and at random once per seed ("random pruned (seed s)")."""
+    n = len(next(iter(rankings.values())))
+    keeps = {"none (whole clean set)": np.ones(n, dtype=bool)}
+    keeps |= {f"{name} pruned": prune(rankings[name], fraction) for name in names}
+    keeps |= {f"random pruned (seed {s})": random_keep(n, fraction, s) for s in seeds}
+    return keeps
+
+
+@dataclass
+class Retrained:
+    """Encoders retrained on kept images, and what they measure (see `retrain_and_measure`).
+
+    keeps: {name: (n,) bool}; encoders: {name: trained encoder}; probe_correct: {name: (m,) bool per
+    test image}; probe_accuracy: {name: accuracy}; aurocs: one row per encoder and score x
+    out-of-domain set (encoder, column, auroc, low, high); table: encoder x (images, probe accuracy,
+    "AUROC [interval]" per column).
+    """
+
+    keeps: dict[str, np.ndarray]
+    encoders: dict
+    probe_correct: dict[str, np.ndarray]
+    probe_accuracy: dict[str, float]
+    aurocs: pd.DataFrame
+    table: pd.DataFrame
+
+    @property
+    def random_names(self) -> list[str]:
+        """The encoders retrained after a random removal."""
+        return [name for name in self.encoders if name.startswith("random")]
+
+
+def retrain_encoders(
+    images: ImageSet, keeps: dict[str, np.ndarray], recipe: str, scale: str, **train_kwargs
+) -> dict:
+    """{name: encoder trained from scratch on images[keep]} (`train_on_images`, same recipe)."""
+    from jepabook.image_jepa import train_on_images
+
+    return {
+        name: train_on_images(images.subset(torch.as_tensor(keep)), recipe, scale, **train_kwargs)
+        for name, keep in keeps.items()
+    }
+
+
+def _auroc_rows(name: str, by_score: dict, ood_names: Sequence[str], n_boot: int, seed: int):
+    """AUROC rows of one encoder: by_score {score: {set: (n_set,)}}, "in-domain" against each."""
+    from jepabook.metrics import bootstrap_auroc
+
+    rows = []
+    for score_name, values in by_score.items():
+        for s in ood_names:
+            interval = bootstrap_auroc(values["in-domain"], values[s], n_boot=n_boot, seed=seed)
+            rows.append({"encoder": name, "column": f"{score_name} AUROC · {s}",
+                         "auroc": interval.estimate, "low": interval.low, "high": interval.high})  # fmt: skip
+    return rows
+
+
+def _retrained_table(aurocs: pd.DataFrame, keeps: dict, accuracy: dict) -> pd.DataFrame:
+    """Encoder x (images, probe accuracy, "AUROC [low, high]" per column)."""
+    cells = aurocs.apply(lambda r: f"{r.auroc:.2f} [{r.low:.2f}, {r.high:.2f}]", axis=1)
+    table = (
+        aurocs.assign(cell=cells)
+        .pivot(index="encoder", columns="column", values="cell")
+        .loc[list(keeps)]
+    )
+    table.insert(0, "probe accuracy", pd.Series(accuracy).round(3))
+    table.insert(0, "images", pd.Series({name: int(keep.sum()) for name, keep in keeps.items()}))
+    return table
+
+
+def retrain_and_measure(
+    images: ImageSet,
+    keeps: dict[str, np.ndarray],
+    test: ImageSet,
+    ood_sets: dict[str, ImageSet],
+    ood_names: Sequence[str],
+    *,
+    recipe: str,
+    scale: str,
+    train_options: dict | None = None,
+    device="auto",
+    k: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Retrained:
+    """Retrain an encoder on each kept subset of images (n images) and measure it.
+
+    keeps: {name: (n,) bool}; test: m held-out labelled images; ood_sets: {"in-domain": ..., each
+    of ood_names: ...}. Per encoder: a linear probe fitted on the embeddings of all n images, its
+    (m,) correct outcomes on test; and the bootstrap AUROC of JEPA-SCORE and of k-NN (fitted on the
+    kept images' embeddings) separating "in-domain" from each out-of-domain set. Trains and embeds
+    on `device` ("auto": CUDA when present).
+    """
+    from jepabook.book import resolve_device
+    from jepabook.detectors import KNN, embed
+    from jepabook.image_experiments import score_sets
+
+    encoders = retrain_encoders(
+        images, keeps, recipe, scale, device=device, **(train_options or {})
+    )
+    labels, test_labels = images.labels.numpy(), test.labels.numpy()
+    correct, accuracy, auroc_rows = {}, {}, []
+    for name, enc in encoders.items():
+        enc.encoder.to(resolve_device(device))
+        fit = embed(enc.encoder, enc.inputs(images)).embeddings
+        held = embed(enc.encoder, enc.inputs(test)).embeddings
+        correct[name] = probe_correct(fit, labels, held, test_labels)
+        accuracy[name] = correct[name].mean()
+        knn = KNN(k).fit(Sample(fit[keeps[name]]))
+        by_score = {
+            "JEPA-SCORE": score_sets(enc, ood_sets, progress=False),
+            "k-NN": {s: knn.score(embed(enc.encoder, enc.inputs(x))) for s, x in ood_sets.items()},
+        }
+        auroc_rows += _auroc_rows(name, by_score, ood_names, n_boot, seed)
+    aurocs = pd.DataFrame(auroc_rows)
+    table = _retrained_table(aurocs, keeps, accuracy)
+    return Retrained(keeps, encoders, correct, accuracy, aurocs, table)
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def problem_verdicts(at_k: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """What JEPA-SCORE finds of each problem, against a random ranking and the other scores.
+
+    at_k: a `precision_table` at one share of k (one row per detector x problem, with a
+    "JEPA-SCORE" detector; the "random score (control)" detector is left out). Returns
+    {problem: (line, short)}: a full sentence, and a short verdict ("not distinguishable from a
+    random ranking", "above random ... but behind n scores" or "above random and not clearly behind
+    any score"); "clearly better" means the two intervals do not overlap.
+    """
+    out = {}
+    for problem in PROBLEMS:
+        rows = at_k[(at_k.problem == problem) & (at_k.detector != "random score (control)")]
+        rows = rows.set_index("detector")
+        best, jepa = rows.precision.idxmax(), rows.loc["JEPA-SCORE"]
+        clearly_better = rows.index[rows.low > jepa.high].tolist()
+        above_random = jepa.low > jepa.random_high
+        against_random = "better than" if above_random else "not distinguishable from"
+        best_p = f"{best} {rows.precision[best]:.2f}"
+        line = (
+            f"  {problem} ({jepa.k} to find among the {jepa.direction} scores): JEPA-SCORE finds "
+            f"{round(jepa.precision * jepa.k)} (precision {jepa.precision:.2f} [{jepa.low:.2f}, {jepa.high:.2f}]),"
+            f" {against_random} a random ranking ({jepa.random:.2f}); best: {best_p}"
+            f" [{rows.low[best]:.2f}, {rows.high[best]:.2f}];"
+            f" {len(clearly_better)} of {len(rows) - 1} other scores clearly better"
+            + (f" ({', '.join(clearly_better)})" if clearly_better else "")
+        )  # fmt: skip
+        if not above_random:
+            short = (
+                "not distinguishable from a random ranking"
+                f" ({jepa.precision:.2f} vs {jepa.random:.2f}; best {best_p})"
+            )
+        elif clearly_better:
+            short = f"above random ({jepa.precision:.2f}) but behind {len(clearly_better)} scores (best {best_p})"
+        else:
+            short = f"above random and not clearly behind any score ({jepa.precision:.2f}; best {best_p})"
+        out[problem] = (line, short)
+    return out
+
+
+def print_verdicts(at_k: pd.DataFrame, encoder_name: str) -> dict[str, str]:
+    """Print, per problem, what JEPA-SCORE finds (`problem_verdicts`); return {problem: short}."""
+    print(f"Encoder {encoder_name}:")
+    verdicts = problem_verdicts(at_k)
+    for line, _ in verdicts.values():
+        print(line)
+    return {problem: short for problem, (_, short) in verdicts.items()}
+
+
+def pruning_verdicts(summary: pd.DataFrame, yardstick: dict[str, pd.Series]) -> list[str]:
+    """One line per ranking of a `pruning_summary`: its verdict against random removal per fraction."""
+    return [
+        f"Pruning by {name}, re-probe (vs random removal): "
+        + "; ".join(
+            f"{100 * x:.0f}% removed: {summary.loc[x, f'{name}: verdict']}"
+            f" ({summary.loc[x, f'{name} − random']:+.3f} ± {half_width[x]:.3f})"
+            for x in summary.index
+        )
+        for name, half_width in yardstick.items()
+    ]
+
+
+def _random_probe(retrained: Retrained) -> list[float]:
+    return [retrained.probe_accuracy[name] for name in retrained.random_names]
+
+
+def retraining_verdicts(
+    retrained: Retrained, rankings: Sequence[str], fraction: float
+) -> list[str]:
+    """One line per ranking: probe accuracy and AUROCs after retraining on the images it keeps,
+    against the random removals' range and no removal."""
+    aurocs, accuracy = retrained.aurocs, retrained.probe_accuracy
+    random_probe = _random_probe(retrained)
+    rand = aurocs[aurocs.encoder.isin(retrained.random_names)].groupby("column").auroc
+    lines = []
+    for name in rankings:
+        row = aurocs[aurocs.encoder == f"{name} pruned"].set_index("column")
+        shifts = ", ".join(
+            f"{c}: {row.auroc[c]:.2f} (random {rand.min()[c]:.2f}..{rand.max()[c]:.2f})"
+            for c in row.index
+        )
+        lines.append(
+            f"Retrained after removing {100 * fraction:.0f}% by {name}: probe {accuracy[f'{name} pruned']:.3f}"
+            f" (random removal {min(random_probe):.3f}..{max(random_probe):.3f},"
+            f" no removal {accuracy['none (whole clean set)']:.3f}); {shifts}"
+        )  # fmt: skip
+    return lines
+
+
+def jepa_verdicts(
+    found_by: dict[str, dict[str, str]],
+    summary: pd.DataFrame,
+    retrained: Retrained,
+    fraction: float,
+) -> list[str]:
+    """The chapter's verdicts on JEPA-SCORE in a few lines.
+
+    found_by: {encoder name: {problem: short verdict}} (`print_verdicts`); summary: a
+    `pruning_summary` with a "JEPA-SCORE" ranking; retrained: with a "JEPA-SCORE pruned" encoder,
+    compared with the random removals by `compare_to_random` on the probe's test outcomes.
+    """
+    lines = [
+        f"Finding {problem} images with JEPA-SCORE ({encoder_name}): {verdict}."
+        for encoder_name, short in found_by.items()
+        for problem, verdict in short.items()
+    ]
+    lines.append(
+        "Removing JEPA-SCORE's least likely images, frozen encoder, against random removal: "
+        + "; ".join(f"{100 * x:.0f}%: {v}" for x, v in summary["JEPA-SCORE: verdict"].items())
+        + f" (largest difference {summary['JEPA-SCORE − random'].abs().max():.3f} in accuracy)."
+    )
+    correct = retrained.probe_correct
+    verdict = compare_to_random(
+        correct["JEPA-SCORE pruned"], np.stack([correct[name] for name in retrained.random_names])
+    )
+    random_probe = _random_probe(retrained)
+    lines.append(
+        f"Retrained after removing {100 * fraction:.0f}% by JEPA-SCORE:"
+        f" probe {retrained.probe_accuracy['JEPA-SCORE pruned']:.3f}"
+        f" against {min(random_probe):.3f}..{max(random_probe):.3f} after random removals:"
+        f" {verdict['verdict']} ({verdict['difference']:+.3f} ± {verdict['half_width']:.3f};"
+        f" with {len(random_probe)} random retraining(s), the spread over retrainings is poorly known)."
+    )  # fmt: skip
+    return lines
+
+
 # ---------------------------------------------------------------- figure
 
 
@@ -645,3 +947,61 @@ def problem_strip(ax, images, kinds, *, title: str = "") -> None:
             Rectangle((i * (W + 2) - 0.5, -0.5), W, H, fill=False, lw=2,
                       edgecolor=PROBLEM_COLOURS.get(kind, "black"))
         )  # fmt: skip
+
+
+def _probe_panel(ax, summary: pd.DataFrame, rankings: Sequence[str], unpruned: float) -> None:
+    percent = 100 * summary.index.to_numpy()
+    for name in rankings:
+        ax.plot(percent, summary[name], "o-", label=f"{name}: least likely removed")
+    mean = summary["random (mean)"]
+    spread = 2 * summary["random (sd)"].fillna(0)
+    ax.plot(percent, mean, "s--", color="grey", label="random removal (mean ± 2 sd over seeds)")
+    ax.fill_between(percent, mean - spread, mean + spread, color="grey", alpha=0.2)
+    ax.axhline(unpruned, color="black", lw=0.8, label="no removal")
+    ax.set(
+        xlabel="training images removed (%)",
+        ylabel="linear-probe test accuracy",
+        title="re-probe, frozen encoder",
+    )
+    ax.legend(fontsize=7)
+
+
+def _auroc_panel(
+    ax, aurocs: pd.DataFrame, names: Sequence[str], rankings: Sequence[str], fraction: float
+) -> None:
+    columns = list(dict.fromkeys(aurocs.column))
+    colours = {f"{name} pruned": f"C{i}" for i, name in enumerate(rankings)}
+    colours["none (whole clean set)"] = "black"
+    for j, name in enumerate(names):
+        rows = aurocs[aurocs.encoder == name].set_index("column").loc[columns]
+        y = np.arange(len(columns)) + 0.12 * (j - (len(names) - 1) / 2)
+        ax.errorbar(rows.auroc, y, xerr=[rows.auroc - rows.low, rows.high - rows.auroc],
+                    fmt="o", ms=4, capsize=2, color=colours.get(name, "grey"), label=name)  # fmt: skip
+    ax.axvline(0.5, color="black", lw=0.8, ls=":")
+    ax.set_yticks(range(len(columns)), [c.replace(" AUROC · ", "\n") for c in columns])
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="out-of-domain AUROC (0.5 = chance)",
+        title=f"retrained after removing {100 * fraction:.0f}%",
+    )
+    ax.legend(fontsize=7)
+
+
+def pruning_figure(
+    summary: pd.DataFrame,
+    retrained: Retrained,
+    *,
+    rankings: Sequence[str],
+    unpruned: float,
+    fraction: float,
+):
+    """Two panels: (a) probe accuracy per removed fraction (`pruning_summary`), each ranking
+    against random removal (mean ± 2 sd) and no removal; (b) each retrained encoder's
+    out-of-domain AUROCs with intervals. Returns (fig, axes)."""
+    from jepabook.plots import figure, label_panels
+
+    fig, axes = figure(2, 1, width=4.6, height=3.3)
+    _probe_panel(axes[0], summary, rankings, unpruned)
+    _auroc_panel(axes[1], retrained.aurocs, list(retrained.encoders), rankings, fraction)
+    label_panels(axes)
+    return fig, axes

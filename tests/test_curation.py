@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -254,3 +255,112 @@ def test_compare_to_random_is_paired_on_the_test_samples():
 def test_bad_arguments_raise_errors_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         call()
+
+
+def hand_made_probe_table() -> pd.DataFrame:
+    """A pruning probe table over 4 test images: "good" beats random at 0.1, matches it at 0.2."""
+    rows = [("none", 0.0, -1, [1, 1, 0, 0])]
+    rows += [("good", 0.1, -1, [1, 1, 1, 1]), ("random", 0.1, 0, [1, 0, 0, 0])]
+    rows += [("random", 0.1, 1, [0, 1, 0, 0])]
+    rows += [("good", 0.2, -1, [1, 1, 0, 0]), ("random", 0.2, 0, [1, 1, 0, 0])]
+    rows += [("random", 0.2, 1, [1, 1, 0, 0])]
+    return pd.DataFrame(
+        [{"ranking": r, "fraction": f, "seed": s, "accuracy": float(np.mean(o)),
+          "correct": np.array(o, bool)} for r, f, s, o in rows]
+    )  # fmt: skip
+
+
+def test_pruning_summary_compares_each_ranking_with_random_removal():
+    probe = hand_made_probe_table()
+    summary, yardstick = c.pruning_summary(probe, ["good"])
+    assert c.unpruned_accuracy(probe) == 0.5
+    assert summary.index.tolist() == [0.1, 0.2]
+    assert summary["good"].tolist() == [1.0, 0.5]
+    assert summary["random (mean)"].tolist() == [0.25, 0.5]
+    assert summary["random (sd)"].tolist() == pytest.approx([0.0, 0.0])
+    assert summary["good − random"].tolist() == [0.75, 0.0]
+    assert summary["good: verdict"].tolist() == ["helps", "no measurable effect"]
+    assert (yardstick["good"] == summary["good ± (2 s.e.)"]).all()
+    lines = c.pruning_verdicts(summary, yardstick)
+    assert lines[0].startswith("Pruning by good, re-probe (vs random removal): 10% removed: helps")
+    assert "20% removed: no measurable effect (+0.000 ± 0.000)" in lines[0]
+
+
+def test_retrain_keeps_names_each_pruning():
+    rankings = {"a": np.arange(10.0), "b": -np.arange(10.0)}
+    keeps = c.retrain_keeps(rankings, ["a"], 0.2, [0, 1])
+    assert list(keeps) == ["none (whole clean set)", "a pruned", "random pruned (seed 0)",
+                           "random pruned (seed 1)"]  # fmt: skip
+    assert keeps["none (whole clean set)"].all()
+    assert keeps["a pruned"].tolist() == [False, False] + [True] * 8
+    assert [keep.sum() for keep in keeps.values()] == [10, 8, 8, 8]
+
+
+def hand_made_at_k() -> pd.DataFrame:
+    """Precision at k of three detectors for each problem (k = 10, chance 0.1 [0.0, 0.3])."""
+    values = {  # detector: (precision, low, high) per problem
+        "JEPA-SCORE": [(0.2, 0.0, 0.4), (0.8, 0.6, 1.0), (0.5, 0.4, 0.7)],
+        "other": [(0.9, 0.7, 1.0), (0.7, 0.5, 0.9), (0.5, 0.3, 0.7)],
+        "random score (control)": [(1.0, 1.0, 1.0)] * 3,  # left out of the verdicts
+    }
+    return pd.DataFrame(
+        [{"detector": d, "problem": p, "direction": c.DIRECTIONS[p], "k": 10, "precision": v[0],
+          "low": v[1], "high": v[2], "random": 0.1, "random_low": 0.0, "random_high": 0.3}
+         for d, per_problem in values.items() for p, v in zip(c.PROBLEMS, per_problem, strict=True)]
+    )  # fmt: skip
+
+
+def test_problem_verdicts_on_a_hand_made_table(capsys):
+    verdicts = c.problem_verdicts(hand_made_at_k())
+    corrupted, off_domain, duplicate = (verdicts[p] for p in c.PROBLEMS)
+    assert corrupted[1] == (
+        "not distinguishable from a random ranking (0.20 vs 0.10; best other 0.90)"
+    )
+    assert corrupted[0].endswith("1 of 1 other scores clearly better (other)")
+    assert "JEPA-SCORE finds 2 (precision 0.20 [0.00, 0.40])" in corrupted[0]
+    assert off_domain[1] == (
+        "above random and not clearly behind any score (0.80; best JEPA-SCORE 0.80)"
+    )
+    assert duplicate[0].startswith("  near-duplicate (10 to find among the highest scores)")
+    assert "better than a random ranking (0.10)" in duplicate[0]
+    short = c.print_verdicts(hand_made_at_k(), "E")
+    assert short == {p: v[1] for p, v in verdicts.items()}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["Encoder E:"] + [v[0] for v in verdicts.values()]
+
+
+def test_verdict_lines_of_a_hand_made_retraining():
+    names = ["none (whole clean set)", "JEPA-SCORE pruned", "random pruned (seed 0)"]
+    correct = {
+        names[0]: np.array([1, 1, 1, 0], bool),
+        names[1]: np.array([1, 1, 0, 0], bool),
+        names[2]: np.array([1, 0, 0, 0], bool),
+    }
+    aurocs = pd.DataFrame(
+        [{"encoder": n, "column": "JEPA-SCORE AUROC · MNIST", "auroc": a, "low": a - 0.1,
+          "high": a + 0.1} for n, a in zip(names, [0.7, 0.8, 0.6], strict=True)]
+    )  # fmt: skip
+    accuracy = {n: v.mean() for n, v in correct.items()}
+    keeps = dict.fromkeys(names, np.ones(4, bool))
+    retrained = c.Retrained(keeps, dict.fromkeys(names), correct, accuracy, aurocs, pd.DataFrame())
+    assert retrained.random_names == ["random pruned (seed 0)"]
+    assert c.retraining_verdicts(retrained, ["JEPA-SCORE"], 0.2) == [
+        "Retrained after removing 20% by JEPA-SCORE: probe 0.500 (random removal 0.250..0.250,"
+        " no removal 0.750); JEPA-SCORE AUROC · MNIST: 0.80 (random 0.60..0.60)"
+    ]
+    summary, _ = c.pruning_summary(hand_made_probe_table(), ["good"])
+    summary = summary.rename(columns=lambda col: col.replace("good", "JEPA-SCORE"))
+    found_by = {"E": {"corrupted": "v1"}}
+    lines = c.jepa_verdicts(found_by, summary, retrained, 0.2)
+    assert lines[0] == "Finding corrupted images with JEPA-SCORE (E): v1."
+    assert lines[1] == (
+        "Removing JEPA-SCORE's least likely images, frozen encoder, against random removal: "
+        "10%: helps; 20%: no measurable effect (largest difference 0.750 in accuracy)."
+    )
+    assert lines[2].startswith(
+        "Retrained after removing 20% by JEPA-SCORE: probe 0.500 against 0.250..0.250 after"
+        " random removals: "
+    )
+    assert lines[2].endswith(
+        "with 1 random retraining(s), the spread over retrainings is poorly known)."
+    )
