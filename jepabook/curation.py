@@ -29,9 +29,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from jepabook.datasets import ImageSet
+from jepabook.datasets import ImageSet, _seed
 from jepabook.detectors import Detector, JepaScore, MultiView, Sample, cross_fit_scores
 from jepabook.metrics import Interval
+from jepabook.probe import probe_correct
 
 CLEAN = "clean"
 PROBLEMS = ("corrupted", "off-domain", "near-duplicate")
@@ -56,12 +57,6 @@ def _fraction(name: str, value: object, *, closed: bool = False) -> float:
         expected = "[0, 1)" if closed else "(0, 1)"
         raise ValueError(f"{name}: expected a number in {expected}, got {value!r}")
     return float(value)
-
-
-def _seed(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _scores(name: str, values) -> np.ndarray:
@@ -513,32 +508,6 @@ def random_keep(n: int, fraction: float, seed: int = 0) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     keep[np.random.default_rng(_seed(seed)).permutation(n)[: int(round(fraction * n))]] = False
     return keep
-
-
-def probe_correct(train_features, train_labels, test_features, test_labels) -> np.ndarray:
-    """(m,) bool: which test samples a linear probe gets right.
-
-    The probe of jepabook.probe.linear_probe (StandardScaler, then scikit-learn's LogisticRegression,
-    L2, C=1, lbfgs, 1,000 iterations), so that correct.mean() is its accuracy; per-sample outcomes
-    let two probes be compared on the same test images (a paired comparison).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    arrays = [np.asarray(a) for a in (train_features, train_labels, test_features, test_labels)]
-    if len(arrays[0]) != len(arrays[1]):
-        raise ValueError(
-            f"train_labels: expected {len(arrays[0])} labels like train_features, got {len(arrays[1])}"
-        )
-    if len(arrays[2]) != len(arrays[3]):
-        raise ValueError(
-            f"test_labels: expected {len(arrays[2])} labels like test_features, got {len(arrays[3])}"
-        )
-    x_train, x_test = (a.reshape(len(a), -1) for a in (arrays[0], arrays[2]))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    model.fit(x_train, arrays[1])
-    return model.predict(x_test) == arrays[3]
 
 
 def pruning_probe_table(

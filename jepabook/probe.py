@@ -33,16 +33,42 @@ def linear_probe(
 
     scikit-learn's LogisticRegression (L2, C=1, lbfgs) after StandardScaler fitted on the train set.
     """
+    correct = probe_correct(
+        train_features, train_labels, test_features, test_labels, max_iter=max_iter
+    )
+    return float(correct.mean())
+
+
+def probe_correct(
+    train_features: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    test_features: torch.Tensor | np.ndarray,
+    test_labels: torch.Tensor | np.ndarray,
+    *,
+    max_iter: int = 1000,
+) -> np.ndarray:
+    """(M,) bool: which test samples the linear probe of `linear_probe` classifies correctly.
+
+    Per-sample outcomes let two probes be compared on the same test images (a paired comparison).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(train_features) != len(train_labels) or len(test_features) != len(test_labels):
-        raise ValueError("features and labels: expected the same number of rows in each pair")
-    as_numpy = [
-        np.asarray(a.reshape(len(a), -1) if a.ndim > 1 else a)
-        for a in (train_features, train_labels, test_features, test_labels)
-    ]
+    train_features, train_labels, test_features, test_labels = (
+        np.asarray(a) for a in (train_features, train_labels, test_features, test_labels)
+    )
+    if len(train_features) != len(train_labels):
+        raise ValueError(
+            f"train_labels: expected {len(train_features)} rows like train_features (features and labels pair up), "
+            f"got {len(train_labels)}"
+        )
+    if len(test_features) != len(test_labels):
+        raise ValueError(
+            f"test_labels: expected {len(test_features)} rows like test_features (features and labels pair up), "
+            f"got {len(test_labels)}"
+        )
+    x_train, x_test = (a.reshape(len(a), -1) for a in (train_features, test_features))
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    model.fit(as_numpy[0], as_numpy[1])
-    return float(model.score(as_numpy[2], as_numpy[3]))
+    model.fit(x_train, train_labels)
+    return model.predict(x_test) == test_labels
