@@ -5,7 +5,8 @@ model's own preprocessing, which output is differentiated, where the weights cam
 
 - I-JEPA ViT-H/14 (ImageNet-1k, ImageNet-22k) and DINOv2 ViT-S/14, ViT-B/14, through timm;
 - MetaCLIP ViT-B/16, ViT-B/32 (400M pairs), image tower only, through open_clip;
-- the encoders trained in this project (`jepabook.image_jepa.TRAINED_ENCODERS`), from their checkpoints.
+- the encoders trained in this project (`jepabook.image_jepa.TRAINED_ENCODERS`), from the weights
+  shipped under data/encoders (sha256 and recipe checked against data/encoders/manifest.json).
 
 Nothing is downloaded here. Weights are looked up, in order, at `weights=PATH` (a file, or a folder
 holding one), in the Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`) and in the cache where the
@@ -26,7 +27,8 @@ Which output is differentiated (`embedding`; the first of each list is the defau
   "mean" for I-JEPA);
 - open_clip: "proj" (`encode_image`, the projected CLIP embedding, not normalised), "cls" (the
   pooled CLS token after `ln_post`, before the projection);
-- trained here: "output" (the encoder's output, as trained).
+- trained here: "output" (the projector output SIGReg made Gaussian, what the theory covers),
+  "backbone" (the pooled backbone features before the projector; not for "fmnist-cnn-short").
 """
 
 from __future__ import annotations
@@ -45,13 +47,12 @@ from torch import nn
 
 from jepabook.image_jepa import (
     TRAINED_ENCODERS,
-    checkpoint_path,
+    backbone_of,
     encoder_from_checkpoint,
-    find_checkpoint,
+    load_shipped,
     recipe_for,
 )
 from jepabook.models import build_encoder, use_explicit_attention
-from jepabook.train import checkpoint_meta
 
 TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # the order timm tries them in
 OPEN_CLIP_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -125,7 +126,8 @@ class Backbone:
 
 
 def _trained_spec(name: str) -> BackboneSpec:
-    return BackboneSpec("jepabook", name, None, None, ("output",), None)
+    embeddings = ("output",) if recipe_for(name).architecture == "cnn" else ("output", "backbone")
+    return BackboneSpec("jepabook", name, None, None, embeddings, None)
 
 
 # Default input 224 px for every foundation model: DINOv2 too (timm's native size is 518), as the
@@ -210,7 +212,7 @@ def load_backbone(
     if pretrained and device.type == "meta":
         raise ValueError("device: 'meta' holds no data; use it only with pretrained=False")
     if spec.library == "jepabook":
-        backbone = _load_trained(name, weights, pretrained, device, image_size)
+        backbone = _load_trained(name, weights, pretrained, device, image_size, embedding)
     else:
         size = _check_image_size(spec, image_size)
         weights_file, source = (
@@ -436,18 +438,26 @@ def _load_trained(
     pretrained: bool,
     device: torch.device,
     image_size: int | None,
+    embedding: str,
 ) -> Backbone:
-    path = Path(weights).expanduser() if weights is not None else find_checkpoint(name)
-    if pretrained:
-        if path is None or not path.is_file():
+    if pretrained and weights is None:
+        trained = load_shipped(name)  # checksum and recipe checked; never trains
+        encoder, meta, source = trained.encoder, trained.meta, str(trained.path)
+    elif pretrained:
+        path = Path(weights).expanduser()
+        if not path.is_file():
             raise MissingWeightsError(_missing_trained_message(name, path))
         encoder, meta = encoder_from_checkpoint(path)
         source = str(path)
     else:
-        meta = checkpoint_meta(path) if path is not None else _default_meta(name)
+        meta = _default_meta(name)
         with _building_on(device):
-            encoder = build_encoder(meta["architecture"], **meta.get("arch_kwargs", {}))
+            encoder = build_encoder(meta["architecture"], **meta["arch_kwargs"])
         source = "random"
+    if embedding == "backbone":
+        encoder = backbone_of(encoder)
+        if encoder is None:
+            raise ValueError(f"embedding: {name} has no separate backbone (use 'output')")
     size = int(meta.get("image_size", TRAINED_DEFAULT_SIZE))
     if image_size is not None and image_size != size:
         raise ValueError(f"image_size: {name} was trained at {size} px, got {image_size}")
@@ -457,11 +467,11 @@ def _load_trained(
     with torch.no_grad():
         embed_dim = int(encoder(torch.zeros(1, *input_size, device=device)).shape[-1])
     preprocess = _trained_preprocess(channels, size, meta.get("mean"), meta.get("std"))
-    return Backbone(name, encoder, preprocess, embed_dim, input_size, "output", source)
+    return Backbone(name, encoder, preprocess, embed_dim, input_size, embedding, source)
 
 
 def _default_meta(name: str) -> dict:
-    """The architecture of a trained-here name when no checkpoint exists (its default recipe)."""
+    """The architecture of a trained-here name (its shipped recipe), for random weights."""
     recipe = recipe_for(name)
     return {
         "architecture": recipe.architecture,
@@ -470,12 +480,10 @@ def _default_meta(name: str) -> dict:
     }
 
 
-def _missing_trained_message(name: str, path: Path | None) -> str:
-    where = f"no checkpoint at {path}" if path is not None else f"expected {checkpoint_path(name)}"
+def _missing_trained_message(name: str, path: Path) -> str:
     return (
-        f"weights for {name} not found ({where}): train it with `make book` or "
-        f"`python -m jepabook.image_jepa train {name}`, or pass weights=PATH / --weights PATH "
-        "to a jepabook checkpoint (.pt)"
+        f"weights: no checkpoint at {path} (for {name}); pass a jepabook checkpoint (.pt), or "
+        f"no weights for the shipped ones (retrain those with `make encoders ONLY={name}`)"
     )
 
 

@@ -1,4 +1,5 @@
-"""Small encoders used in the book and the tests: an MLP, a whitening residual encoder, a CNN and a tiny ViT.
+"""Small encoders used in the book and the tests: an MLP, a whitening residual encoder, CNNs, a tiny ViT,
+and a backbone + projector pair (the layout of LeJEPA: SIGReg on the projector, the probe on the backbone).
 
 Every encoder maps a batch to embeddings without mixing samples in eval mode, so JEPA-SCORE's
 batched Jacobian is valid.
@@ -7,6 +8,7 @@ batched Jacobian is valid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -71,6 +73,124 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
+class ResidualBlock(nn.Module):
+    """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride): two 3x3 conv + BatchNorm, ReLU, a skip."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """(B, C, H, W) -> (B, 4 * width) ResNet-style backbone for small images (28 x 28, 32 x 32).
+
+    A stride-2 3x3 stem, then three stages of `blocks` residual blocks with width, 2 width and
+    4 width channels (the last two halve the resolution), global mean pooling. BatchNorm: run it in
+    eval mode (as JEPA-SCORE does) so that samples do not interact.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, blocks: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        ]
+        cin = width
+        for stage in range(3):
+            cout = width * 2**stage
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(ResidualBlock(cin, cout, stride))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.out_dim = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean((2, 3))
+
+
+class Projector(nn.Sequential):
+    """(B, F) -> (B, K): Linear, BatchNorm, ReLU, Linear; the output SIGReg makes Gaussian."""
+
+    def __init__(self, in_dim: int, out_dim: int = 64, hidden: int = 256):
+        super().__init__(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+        )
+
+
+class ProjectedEncoder(nn.Module):
+    """(B, ...) -> (B, K): a backbone (B, ...) -> (B, F) followed by a projector (B, F) -> (B, K).
+
+    The projector output is the Gaussianised embedding (what the theory covers and JEPA-SCORE
+    differentiates by default); `backbone` alone gives the features a linear probe usually reads.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.backbone, self.projector = backbone, projector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+def resnet_encoder(
+    in_channels: int = 1, width: int = 32, blocks: int = 1, out_dim: int = 64, hidden: int = 256
+) -> ProjectedEncoder:
+    """SmallResNet backbone (B, C, H, W) -> (B, 4 width) + projector -> (B, out_dim)."""
+    backbone = SmallResNet(in_channels, width, blocks)
+    return ProjectedEncoder(backbone, Projector(backbone.out_dim, out_dim, hidden))
+
+
+def vit_encoder(
+    image_size: int = 28,
+    patch_size: int = 4,
+    in_channels: int = 1,
+    dim: int = 96,
+    depth: int = 4,
+    heads: int = 4,
+    out_dim: int = 64,
+    hidden: int = 256,
+) -> ProjectedEncoder:
+    """TinyViT backbone (CLS token, B, C, H, W) -> (B, dim) + projector -> (B, out_dim)."""
+    backbone = TinyViT(image_size, patch_size, in_channels, dim, depth, heads, out_dim=None)
+    return ProjectedEncoder(backbone, Projector(dim, out_dim, hidden))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on inputs x (N, ...), in place.
+
+    A network with random weights has the running statistics of its initialisation (mean 0,
+    variance 1), which scale its activations arbitrarily; this gives it those of the data, as
+    training would. Returns `model` in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
+
+
 class ExplicitMultiheadAttention(nn.MultiheadAttention):
     """nn.MultiheadAttention that always takes the explicit softmax path (need_weights=True)."""
 
@@ -102,7 +222,7 @@ class TinyViT(nn.Module):
         dim: token width.
         depth: transformer blocks.
         heads: attention heads.
-        out_dim: K (a linear projection of the tokens).
+        out_dim: K (a linear projection of the tokens), or None for the normalised tokens (K = dim).
         tokens: return every token instead of the CLS token.
     """
 
@@ -114,7 +234,7 @@ class TinyViT(nn.Module):
         dim: int = 64,
         depth: int = 2,
         heads: int = 4,
-        out_dim: int = 64,
+        out_dim: int | None = 64,
         tokens: bool = False,
     ):
         super().__init__()
@@ -134,7 +254,7 @@ class TinyViT(nn.Module):
             self.blocks
         )  # the fused kernel has no vmap rule: JEPA-SCORE would loop
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, out_dim)
+        self.head = nn.Linear(dim, out_dim) if out_dim is not None else nn.Identity()
         self.tokens = tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,11 +310,17 @@ class ResidualEncoder(nn.Module):
         return self.linear(u) + self.residual(u)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "vit": TinyViT}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "vit": TinyViT,
+    "resnet": resnet_encoder,
+    "vit-projected": vit_encoder,
+}
 
 
 def build_encoder(architecture: str, **kwargs) -> nn.Module:
-    """An encoder of the book by name ("mlp", "cnn" or "vit") and its constructor arguments."""
+    """An encoder of the book by name (a key of ARCHITECTURES) and its constructor arguments."""
     if architecture not in ARCHITECTURES:
         raise ValueError(
             f"architecture: expected one of {sorted(ARCHITECTURES)}, got {architecture!r}"

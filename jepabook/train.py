@@ -1,10 +1,12 @@
-"""The Gaussian-embedding JEPA training loop, with history and checkpoints.
+"""The Gaussian-embedding JEPA training loop, with history, evaluations and resumable checkpoints.
 
-loss = (1 - lam) * mean_{v != u} prediction(predictor(f(view_v)), f(view_u)) + lam * anti_collapse(f(views))
+loss = (1 - lam) * prediction + lam * anti_collapse(f(views))
 
-over n_views random views of each sample (2 by default), all encoded in one batch,
-
-with anti_collapse SIGReg (sliced Epps-Pulley), VICReg-style moment matching, or nothing (a control).
+over n_views random views of each sample (2 by default), all encoded in one batch, where prediction is
+- with a predictor network: mean_{v != u} ||predictor(f(view_v)) - f(view_u)||^2 / K;
+- without one (predictor=None, LeJEPA's form): mean_v ||f(view_v) - mean_u f(view_u)||^2 / K, every
+  view predicting the centre of the sample's views;
+and anti_collapse SIGReg (sliced Epps-Pulley), VICReg-style moment matching, or nothing (a control).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +28,7 @@ from jepabook.losses import moment_matching, prediction_loss, sigreg
 
 Regulariser = Literal["sigreg", "moments", "none"]
 CHECKPOINT_FORMAT = "jepabook-checkpoint-1"
+RESUME_FORMAT = "jepabook-resume-1"
 
 
 @dataclass
@@ -70,6 +74,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     eval_step: list[int] = field(default_factory=list)
     held_out_sigreg: list[float] = field(default_factory=list)
+    evaluations: dict[str, list[float]] = field(default_factory=dict)
 
     def to_frame(self):
         """(per-step frame, per-evaluation frame) as pandas DataFrames."""
@@ -78,7 +83,9 @@ class History:
         steps = pd.DataFrame(
             {k: getattr(self, k) for k in ("step", "loss", "prediction", "regulariser", "lr")}
         )
-        evals = pd.DataFrame({"step": self.eval_step, "held_out_sigreg": self.held_out_sigreg})
+        evals = pd.DataFrame(
+            {"step": self.eval_step, "held_out_sigreg": self.held_out_sigreg, **self.evaluations}
+        )
         return steps, evals
 
 
@@ -101,24 +108,35 @@ def gaussianity(encoder: nn.Module, x: torch.Tensor, n_slices: int = 256, seed: 
     return float(sigreg(z, n_slices, generator=generator))
 
 
+Evaluation = Callable[[nn.Module], dict[str, float]]
+
+
 def train_jepa(
     encoder: nn.Module,
-    predictor: nn.Module,
+    predictor: nn.Module | None,
     views: nn.Module,
     data: torch.Tensor,
     config: TrainConfig | None = None,
     *,
     held_out: torch.Tensor | None = None,
+    evaluate: Evaluation | None = None,
+    resume_path: str | Path | None = None,
+    save_every: int = 0,
 ) -> History:
     """Train encoder and predictor in place; returns the history.
 
     Args:
         encoder: (B, ...) -> (B, K).
-        predictor: (B, K) -> (B, K).
+        predictor: (B, K) -> (B, K), or None to predict the mean of each sample's views.
         views: module with forward(x, generator) -> a random perturbed view of x (B, ...).
         data: (N, ...) training samples (moved to the device batch by batch).
         config: hyper-parameters (TrainConfig()).
         held_out: (M, ...) samples whose embedding Gaussianity is tracked every `eval_every` steps.
+        evaluate: encoder -> {metric: value}, called (in eval mode) at the same steps; recorded in
+            `History.evaluations`.
+        resume_path: a resume file: training starts from it when it exists and holds the same
+            config, and the state (weights, optimiser, random generator, history) is written to it
+            every `save_every` steps (0: only at the end). Delete it once the weights are saved.
     """
     config = config or TrainConfig()
     if data.ndim < 2 or data.shape[0] < 2:
@@ -126,23 +144,36 @@ def train_jepa(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    encoder.to(device).train()
-    predictor.to(device).train()
-    parameters = list(encoder.parameters()) + list(predictor.parameters())
+    images = data.ndim == 4 and device.type == "cpu"  # channels-last convolutions are faster there
+    modules = [m for m in (encoder, predictor) if m is not None]
+    for module in modules:
+        module.to(device).train()
+        if images:
+            module.to(memory_format=torch.channels_last)
+    parameters = [p for m in modules for p in m.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: cosine_schedule(s, config.steps, config.warmup)
     )
+    history, first = History(), 0
+    if resume_path is not None and Path(resume_path).exists():
+        history, first = _resume(resume_path, config, modules, optimiser, schedule, generator)
     data = data.to(device)
     held_out = held_out.to(device) if held_out is not None else None
-    history = History()
     batch = min(config.batch_size, data.shape[0])
     for step in tqdm(
-        range(config.steps), disable=not config.progress, desc="training", leave=False
+        range(first, config.steps),
+        initial=first,
+        total=config.steps,
+        disable=not config.progress,
+        desc="training",
+        leave=False,
     ):
         index = torch.randint(0, data.shape[0], (batch,), generator=generator, device=device)
         x = data[index]
         x_views = torch.cat([views(x, generator) for _ in range(config.n_views)])
+        if images:
+            x_views = x_views.contiguous(memory_format=torch.channels_last)
         z = encoder(x_views).view(config.n_views, batch, -1)
         prediction = _multi_view_prediction(predictor, z)
         regulariser = _anti_collapse(z.flatten(0, 1), config, generator)
@@ -152,16 +183,80 @@ def train_jepa(
         optimiser.step()
         _record(history, step, loss, prediction, regulariser, schedule.get_last_lr()[0])
         schedule.step()
-        if held_out is not None and (step % config.eval_every == 0 or step == config.steps - 1):
-            history.eval_step.append(step)
-            history.held_out_sigreg.append(gaussianity(encoder, held_out, config.n_slices))
-    encoder.eval()
-    predictor.eval()
+        last = step == config.steps - 1
+        if step % config.eval_every == 0 or last:
+            _evaluate(history, step, encoder, held_out, evaluate, config)
+        if resume_path is not None and (last or (save_every and (step + 1) % save_every == 0)):
+            _save_resume(
+                resume_path, step + 1, config, modules, optimiser, schedule, generator, history
+            )
+    for module in modules:
+        module.to(memory_format=torch.contiguous_format).eval()
     return history
 
 
-def _multi_view_prediction(predictor: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Mean of prediction_loss(predictor(z_v), z_u) over ordered pairs of views v != u; z (V, B, K)."""
+def _evaluate(history, step, encoder, held_out, evaluate, config) -> None:
+    if held_out is None and evaluate is None:
+        return
+    history.eval_step.append(step)
+    if held_out is not None:
+        history.held_out_sigreg.append(gaussianity(encoder, held_out, config.n_slices))
+    if evaluate is not None:
+        was_training = encoder.training
+        encoder.eval()
+        for name, value in evaluate(encoder).items():
+            history.evaluations.setdefault(name, []).append(float(value))
+        encoder.train(was_training)
+
+
+def _save_resume(path, step, config, modules, optimiser, schedule, generator, history) -> None:
+    state = {
+        "format": RESUME_FORMAT,
+        "step": step,
+        "config": asdict(config),
+        "modules": [m.state_dict() for m in modules],
+        "optimiser": optimiser.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "cpu_generator": torch.get_rng_state(),
+        "history": asdict(history),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".partial")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def _resume(path, config, modules, optimiser, schedule, generator) -> tuple[History, int]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != RESUME_FORMAT:
+        raise ValueError(f"resume_path: {path} is not a jepabook resume file ({RESUME_FORMAT})")
+    ignore = {"device", "progress"}
+    saved = {k: v for k, v in state["config"].items() if k not in ignore}
+    wanted = {k: v for k, v in asdict(config).items() if k not in ignore}
+    if saved != wanted:
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        raise ValueError(
+            f"resume_path: {path} was written by another training config (differs in {changed});"
+            " delete it to train from scratch"
+        )
+    for module, weights in zip(modules, state["modules"], strict=True):
+        module.load_state_dict(weights)
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["cpu_generator"])
+    return History(**state["history"]), int(state["step"])
+
+
+def _multi_view_prediction(predictor: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
+    """Mean of prediction_loss(predictor(z_v), z_u) over ordered pairs of views v != u; z (V, B, K).
+
+    Without a predictor: mean over views of prediction_loss(z_v, mean of the views).
+    """
+    if predictor is None:
+        return prediction_loss(z, z.mean(0, keepdim=True).expand_as(z))
     n_views = z.shape[0]
     predicted = predictor(z.flatten(0, 1)).view_as(z)
     losses = [

@@ -70,15 +70,23 @@ def test_multi_view_training_runs_and_two_views_match_the_pairwise_formula():
 
 def test_recipes_name_their_variants():
     recipe = image_jepa.recipe_for("fmnist-cnn", "default")
-    assert (recipe.dataset, recipe.architecture, recipe.n_train) == ("fashion-mnist", "cnn", None)
-    assert recipe.variant("default") == "default"
+    assert (recipe.dataset, recipe.architecture, recipe.n_train) == (
+        "fashion-mnist",
+        "resnet",
+        None,
+    )
+    assert recipe.variant("default") == "default" and recipe.epochs(60000) == pytest.approx(
+        40, 0.01
+    )
     small = image_jepa.recipe_for("mnist-cnn", "default", regulariser="moments", n_train=1000)
-    assert small.variant("default") == "default-moments-n1000"
-    wide = image_jepa.recipe_for("fmnist-cnn", "ci", width=32, regulariser="none")
-    assert wide.variant("ci") == "ci-none-w32" and wide.arch_kwargs()["width"] == 32
+    assert small.variant("default") == "default-moments-n1000" and not small.flip
+    assert small.steps == image_jepa.MIN_STEPS  # small sets get more passes, not fewer steps
+    wide = image_jepa.recipe_for("fmnist-cnn", "ci", width=64, regulariser="none")
+    assert wide.variant("ci") == "ci-none-w64" and wide.arch_kwargs()["width"] == 64
     short = image_jepa.recipe_for("fmnist-cnn", "default", steps=150, batch_size=64, lr=1e-3)
     assert short.variant("default") == "default-steps150-batchsize64-lr0.001"
-    assert image_jepa.recipe_for("fmnist-vit", "full").variant("full") == "full"
+    assert image_jepa.recipe_for("fmnist-cnn-short").architecture == "cnn"
+    assert image_jepa.recipe_for("fmnist-cnn-n1000").variant("default") == "default-n1000"
     assert image_jepa.recipe_for("fmnist-vit", "ci").n_train == image_jepa.CI_TRAIN_SIZE
     with pytest.raises(ValueError, match="name"):
         image_jepa.recipe_for("cifar-cnn")

@@ -1,0 +1,148 @@
+"""Shipped encoders: the `make encoders` path at ci scale, checksums, recipe checks, resuming, probes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from jepabook import image_jepa, shipped
+from jepabook.losses import VectorViews
+from jepabook.models import MLP
+from jepabook.probe import (
+    knn_correct,
+    paired_accuracy_difference,
+    probe_outcomes,
+    standard_probes,
+)
+from jepabook.train import TrainConfig, train_jepa
+
+
+@pytest.fixture(scope="module")
+def ci_shipped(tmp_path_factory):
+    """mnist-cnn trained through `ship` at ci scale into a temporary encoders folder."""
+    folder = tmp_path_factory.mktemp("encoders")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JEPABOOK_ENCODERS", str(folder))
+        entry = image_jepa.ship("mnist-cnn", "ci", device="cpu", progress=False)
+        yield folder, entry
+
+
+def test_ship_writes_weights_and_a_complete_manifest_entry(ci_shipped):
+    folder, entry = ci_shipped
+    assert (folder / "mnist-cnn.pt").stat().st_size < 5_000_000
+    assert set(entry) >= {
+        "recipe", "data", "steps", "epochs", "wall_time_s", "device", "probes", "sha256", "commit",
+        "learning_curve",
+    }  # fmt: skip
+    assert entry["recipe"] == asdict(image_jepa.recipe_for("mnist-cnn", "ci"))
+    assert entry["steps"] == 40 and entry["epochs"] == pytest.approx(40 * 64 / 2000)
+    assert entry["sha256"] == shipped.sha256(folder / "mnist-cnn.pt")
+    probes = entry["probes"]
+    assert {"pixels", "output", "random output", "backbone", "random backbone"} <= set(probes)
+    low, estimate, high = (probes["output"]["linear"][i] for i in (1, 0, 2))
+    assert 0.1 < low <= estimate <= high <= 1
+    assert "linear_minus_pixels" in probes["output"] and "knn_minus_random" in probes["backbone"]
+    assert not (folder / "resume").exists() or not any((folder / "resume").iterdir())
+    assert {"knn", "knn_backbone"} <= set(entry["learning_curve"])
+
+
+def test_loading_checks_the_checksum_and_the_recipe(ci_shipped, monkeypatch):
+    folder, _ = ci_shipped
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(folder))
+    ci_recipe = asdict(image_jepa.recipe_for("mnist-cnn", "ci"))
+    assert shipped.verified_path("mnist-cnn", ci_recipe) == folder / "mnist-cnn.pt"
+    with pytest.raises(shipped.ShippedWeightsError, match="recipe of mnist-cnn changed.*steps"):
+        image_jepa.load_shipped("mnist-cnn")  # the default recipe is not what was trained here
+    with pytest.raises(shipped.ShippedWeightsError, match="make encoders ONLY=fmnist-vit"):
+        image_jepa.load_shipped("fmnist-vit")  # nothing shipped in this folder
+    copy = folder.parent / "altered"
+    copy.mkdir()
+    (copy / "manifest.json").write_text((folder / "manifest.json").read_text())
+    data = bytearray((folder / "mnist-cnn.pt").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "mnist-cnn.pt").write_bytes(bytes(data))
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(copy))
+    with pytest.raises(shipped.ShippedWeightsError, match="sha256"):
+        shipped.verified_path("mnist-cnn", ci_recipe)
+
+
+def _short_run(resume_path=None, evaluate=None):
+    torch.manual_seed(0)
+    encoder, predictor = MLP(4, 4, 16, 1), MLP(4, 4, 8, 1)
+    data = torch.randn(256, 4, generator=torch.Generator().manual_seed(3))
+    config = TrainConfig(
+        steps=6, batch_size=32, warmup=2, eval_every=4, device="cpu", progress=False
+    )
+    history = train_jepa(
+        encoder, predictor, VectorViews(0.1), data, config,
+        evaluate=evaluate, resume_path=resume_path, save_every=3,
+    )  # fmt: skip
+    return encoder, history
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    whole, whole_history = _short_run()
+    calls = []
+
+    def interrupt_at_step_4(encoder):
+        calls.append(1)
+        if len(calls) == 2:  # evaluations run at steps 0 and 4: stop at 4, after the save at 3
+            raise KeyboardInterrupt
+        return {"calls": float(len(calls))}
+
+    resume = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _short_run(resume, interrupt_at_step_4)
+    assert resume.exists()
+    resumed, history = _short_run(resume, lambda encoder: {"calls": 0.0})
+    x = torch.randn(8, 4)
+    torch.testing.assert_close(resumed(x), whole(x))
+    assert history.step == list(range(6)) and history.loss == pytest.approx(whole_history.loss)
+    assert history.evaluations["calls"] == [1.0, 0.0, 0.0]  # steps 0 (first run), 4, 5
+
+
+def test_resuming_refuses_another_config(tmp_path):
+    resume = tmp_path / "run.pt"
+    _short_run(resume)
+    torch.manual_seed(0)
+    config = TrainConfig(steps=7, batch_size=32, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="resume_path.*steps"):
+        train_jepa(MLP(4, 4, 16, 1), None, VectorViews(0.1), torch.randn(64, 4), config,
+                   resume_path=resume)  # fmt: skip
+
+
+def test_knn_probe_reads_clusters_and_fails_on_shuffled_labels():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 5
+    labels = rng.integers(0, 3, 600)
+    features = centres[labels] + rng.normal(size=(600, 16))
+    correct = knn_correct(features[:400], labels[:400], features[400:], labels[400:])
+    assert correct.shape == (200,) and correct.mean() > 0.97
+    shuffled = knn_correct(
+        features[:400], rng.permutation(labels[:400]), features[400:], labels[400:]
+    )
+    assert shuffled.mean() < 0.55
+    with pytest.raises(ValueError, match="k:"):
+        knn_correct(features[:10], labels[:10], features[400:], labels[400:], k=20)
+
+
+def test_standard_probes_compare_each_representation_with_its_baselines():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 800)
+    good = labels[:, None] * 3.0 + rng.normal(size=(800, 4))
+    noise = rng.normal(size=(800, 4))
+    fit, test = labels[:500], labels[500:]
+    outcomes = {
+        name: probe_outcomes(a[:500], fit, a[500:], test)
+        for name, a in (("pixels", noise), ("output", good), ("random output", noise))
+    }
+    table = standard_probes(outcomes)
+    assert table["output"]["linear"][0] > 0.9 and table["pixels"]["linear"][0] < 0.65
+    assert table["output"]["linear_minus_pixels"][1] > 0.2  # the interval excludes 0
+    assert table["output"]["knn_minus_random"][1] > 0.2
+    assert "linear_minus_random" not in table["random output"]
+    difference = paired_accuracy_difference(np.ones(50, bool), np.ones(50, bool))
+    assert (difference.estimate, difference.low, difference.high) == (0.0, 0.0, 0.0)
