@@ -28,7 +28,7 @@ Which output is differentiated (`embedding`; the first of each list is the defau
 - open_clip: "proj" (`encode_image`, the projected CLIP embedding, not normalised), "cls" (the
   pooled CLS token after `ln_post`, before the projection);
 - trained here: "output" (the projector output SIGReg made Gaussian, what the theory covers),
-  "backbone" (the pooled backbone features before the projector; not for "fmnist-cnn-short").
+  "backbone" (the pooled backbone features before the projector; not for the "-short" ones).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from jepabook.image_jepa import (
+    PROJECTED,
     TRAINED_ENCODERS,
     backbone_of,
     encoder_from_checkpoint,
@@ -126,7 +127,8 @@ class Backbone:
 
 
 def _trained_spec(name: str) -> BackboneSpec:
-    embeddings = ("output",) if recipe_for(name).architecture == "cnn" else ("output", "backbone")
+    projected = recipe_for(name).architecture in PROJECTED
+    embeddings = ("output", "backbone") if projected else ("output",)
     return BackboneSpec("jepabook", name, None, None, embeddings, None)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,7 @@ class History:
     eval_step: list[int] = field(default_factory=list)
     held_out_sigreg: list[float] = field(default_factory=list)
     evaluations: dict[str, list[float]] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # wall time of the training steps, over every resumed part
 
     def to_frame(self):
         """(per-step frame, per-evaluation frame) as pandas DataFrames."""
@@ -161,6 +163,7 @@ def train_jepa(
     data = data.to(device)
     held_out = held_out.to(device) if held_out is not None else None
     batch = min(config.batch_size, data.shape[0])
+    started = time.perf_counter() - history.elapsed_s
     for step in tqdm(
         range(first, config.steps),
         initial=first,
@@ -184,6 +187,7 @@ def train_jepa(
         _record(history, step, loss, prediction, regulariser, schedule.get_last_lr()[0])
         schedule.step()
         last = step == config.steps - 1
+        history.elapsed_s = time.perf_counter() - started
         if step % config.eval_every == 0 or last:
             _evaluate(history, step, encoder, held_out, evaluate, config)
         if resume_path is not None and (last or (save_every and (step + 1) % save_every == 0)):
