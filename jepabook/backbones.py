@@ -54,6 +54,7 @@ from jepabook.image_jepa import (
     recipe_for,
 )
 from jepabook.models import build_encoder, use_explicit_attention
+from jepabook.shipped import ShippedWeightsError
 
 TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # the order timm tries them in
 OPEN_CLIP_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -443,7 +444,10 @@ def _load_trained(
     embedding: str,
 ) -> Backbone:
     if pretrained and weights is None:
-        trained = load_shipped(name)  # checksum and recipe checked; never trains
+        try:
+            trained = load_shipped(name)  # checksum and recipe checked; never trains
+        except ShippedWeightsError as error:
+            raise MissingWeightsError(str(error)) from None
         encoder, meta, source = trained.encoder, trained.meta, str(trained.path)
     elif pretrained:
         path = Path(weights).expanduser()

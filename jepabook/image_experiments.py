@@ -13,6 +13,12 @@ from tqdm.auto import tqdm
 
 from jepabook.book import resolve_device
 from jepabook.datasets import ImageSet
+from jepabook.image_jepa import (
+    held_out_images,
+    load_shipped,
+    train_image_encoder,
+    untrained_like,  # noqa: F401 (the chapters' random-weight control)
+)
 from jepabook.jacobian import jacobian_rows
 from jepabook.score import eval_mode, jepa_score
 
@@ -91,13 +97,42 @@ def within_class_spearman(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> f
     return float(np.mean(values))
 
 
+def partial_spearman(
+    a: np.ndarray, b: np.ndarray, controls: list[np.ndarray], labels: np.ndarray
+) -> float:
+    """Mean over classes of the Spearman correlation of a and b (n,) beyond what `controls` explain.
+
+    Within each class the ranks of a and b are regressed (least squares, with an intercept) on the
+    ranks of every control (n,); the result is the Pearson correlation of the two residuals.
+    """
+    values = []
+    for c in np.unique(labels):
+        members = labels == c
+        design = np.column_stack(
+            [np.ones(members.sum())] + [stats.rankdata(x[members]) for x in controls]
+        )
+        residuals = []
+        for x in (a, b):
+            ranks = stats.rankdata(x[members])
+            residuals.append(ranks - design @ np.linalg.lstsq(design, ranks, rcond=None)[0])
+        values.append(stats.pearsonr(*residuals).statistic)
+    return float(np.mean(values))
+
+
 def agreement(
-    scores: dict[str, np.ndarray], labels: np.ndarray, *, fraction: float = 0.1, seed: int = 0
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    controls: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """For every pair of scores: within-class Spearman, tail overlap, and the same for a shuffled control.
 
     The control permutes the second score within each class, which keeps its distribution and
-    destroys any relation to the images.
+    destroys any relation to the images. With `controls` ({name: (n,)}, e.g. a random-weight
+    network's score and the amount of ink), a column "partial_spearman" gives the within-class
+    agreement beyond them (`partial_spearman`; pairs that include a control are left NaN).
     """
     rng = np.random.default_rng(seed)
     names, rows = list(scores), []
@@ -114,6 +149,12 @@ def agreement(
                     "tail_overlap_shuffled": tail_overlap(a, shuffled, labels, fraction),
                 }
             )
+            if controls:
+                given = list(controls.values())
+                beyond = first not in controls and second not in controls
+                rows[-1]["partial_spearman"] = (
+                    partial_spearman(a, b, given, labels) if beyond else np.nan
+                )
     return pd.DataFrame(rows)
 
 
@@ -224,34 +265,27 @@ def thumbnails_of(paths: list, size: int = 64) -> np.ndarray:
 
 FMNIST_ENCODERS = {
     "CNN · SIGReg": ("fmnist-cnn", {}),
-    "ViT · SIGReg": ("fmnist-vit", {}),
-    "CNN · moments": ("fmnist-cnn", {"regulariser": "moments"}),
+    "CNN · SIGReg, short training": ("fmnist-cnn-short", {}),
+    "ViT · SIGReg, short training": ("fmnist-vit-short", {}),
+    "CNN · moments, short training": ("fmnist-cnn-short", {"regulariser": "moments"}),
 }
+"""The extremes chapter's JEPAs: row label -> (trained-here name, recipe overrides). The converged
+CNN first; the short-training encoders (600 steps, about 1.3 epochs) keep the book's first verdicts
+computable beside it."""
 
 
 def trained_encoders(
     scale: str, rows: dict | None = None, *, device: str = "auto", progress: bool = True
 ) -> dict:
-    """{row label: TrainedEncoder} for the rows {label: (name, recipe overrides)}, trained or loaded."""
-    from jepabook.image_jepa import train_image_encoder
-
+    """{row label: TrainedEncoder} for rows {label: (name, recipe overrides)}: the shipped weights
+    when there are no overrides (never trained here), else trained at `scale` (or loaded from cache)."""
     rows = FMNIST_ENCODERS if rows is None else rows
     return {
         label: train_image_encoder(name, scale, device=device, progress=progress, **options)
+        if options
+        else load_shipped(name)
         for label, (name, options) in rows.items()
     }
-
-
-def untrained_like(trained, seed: int = 0):
-    """The same architecture and input normalisation with random weights: a control, not a JEPA."""
-    from jepabook.image_jepa import TrainedEncoder
-    from jepabook.models import build_encoder
-
-    torch.manual_seed(seed)
-    encoder = build_encoder(trained.meta["architecture"], **trained.meta["arch_kwargs"]).eval()
-    return TrainedEncoder(
-        f"{trained.name} (random init)", encoder, trained.meta, None, trained.path
-    )
 
 
 def probe_accuracies(encoders: dict, train: ImageSet, test: ImageSet) -> pd.Series:
@@ -295,7 +329,6 @@ def out_of_domain_sets(in_domain: str, n: int, seed: int = 0, *, skip: int = 0) 
     in-distribution sample (the first `skip`) is not reused.
     """
     from jepabook import datasets
-    from jepabook.image_jepa import held_out_images
 
     if in_domain not in IN_DOMAIN_NAMES:
         raise ValueError(f"in_domain: expected one of {sorted(IN_DOMAIN_NAMES)}, got {in_domain!r}")

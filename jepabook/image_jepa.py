@@ -16,12 +16,14 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from jepabook import shipped
 from jepabook.book import resolve_device
 from jepabook.datasets import ImageSet, fashion_mnist, mnist_digits
+from jepabook.metrics import Interval
 from jepabook.models import MLP, ProjectedEncoder, build_encoder, calibrate_batchnorm
 from jepabook.paths import data_dir
 from jepabook.probe import embed, knn_correct, probe_outcomes, standard_probes
@@ -514,8 +516,16 @@ def _feature_modules(encoder: nn.Module, random: nn.Module):
         yield "random backbone", backbone_of(random)
 
 
-def untrained_like(trained: TrainedEncoder, images: ImageSet, seed: int = 0) -> TrainedEncoder:
-    """The same architecture with random weights (BatchNorm statistics of `images`): a control."""
+def untrained_like(
+    trained: TrainedEncoder, images: ImageSet | None = None, seed: int = 0
+) -> TrainedEncoder:
+    """The same architecture and input normalisation with random weights: a control, not a JEPA.
+
+    BatchNorm layers get the statistics of (the first 5,000 of) `images`, by default the encoder's
+    training images, as training would give them.
+    """
+    if images is None:
+        images = training_images(trained.meta["dataset"], min(5000, trained.meta["n_train"]))
     torch.manual_seed(seed)
     encoder = build_encoder(trained.meta["architecture"], **trained.meta["arch_kwargs"])
     calibrate_batchnorm(encoder, normalise(images.images[:5000], trained.meta))
@@ -564,3 +574,31 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def shipped_summary(rows: dict[str, str]) -> pd.DataFrame:
+    """What the manifest says of shipped encoders, one row per {label: name}: training images,
+    passes, steps, probes of the output (and backbone) with 95% intervals, against pixels and the
+    same network with random weights, and the held-out SIGReg at the end of training."""
+    manifest = shipped.read_manifest()
+    table = {}
+    for label, name in rows.items():
+        if name not in manifest:
+            raise ValueError(f"rows: {name} has no entry in {shipped.manifest_path()}")
+        entry, probes = manifest[name], manifest[name]["probes"]
+        row = {
+            "training images": entry["recipe"]["n_train"] or SPLIT_SIZES[entry["recipe"]["dataset"]]
+        }
+        row |= {"epochs": entry["epochs"], "steps": entry["steps"]}
+        for feature in ("output", "backbone"):
+            for probe in ("linear", "knn"):
+                if feature in probes:
+                    key = f"{probe} ({feature})"
+                    row[key] = str(Interval(*probes[feature][probe]))
+                    for base in ("pixels", "random"):
+                        difference = probes[feature].get(f"{probe}_minus_{base}")
+                        if difference is not None and feature == "output":
+                            row[f"{probe} − {base}"] = str(Interval(*difference))
+        row["held-out SIGReg"] = round(entry["learning_curve"]["held_out_sigreg"], 2)
+        table[label] = row
+    return pd.DataFrame(table).T

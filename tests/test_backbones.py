@@ -21,8 +21,9 @@ from jepabook.backbones import (
     list_backbones,
     load_backbone,
 )
-from jepabook.image_jepa import TRAINED_ENCODERS, checkpoint_path
+from jepabook.image_jepa import TRAINED_ENCODERS
 from jepabook.models import build_encoder
+from jepabook.shipped import weights_path
 from jepabook.train import save_checkpoint
 
 FOUNDATION = [
@@ -261,13 +262,15 @@ def test_trained_here_checkpoint_loads_from_a_path_and_from_the_default_place(tm
         torch.testing.assert_close(loaded.encoder(x), encoder(x))
     assert (loaded.source, loaded.embed_dim, loaded.input_size) == (str(path), 16, (1, 28, 28))
 
-    default, _ = cnn_checkpoint(checkpoint_path("fmnist-cnn", "ci"), seed=2)
-    found = load_backbone("fmnist-cnn")
+    shipped = load_backbone("fmnist-cnn")  # the weights shipped in data/encoders, checked
+    assert shipped.source == str(weights_path("fmnist-cnn")) and shipped.embed_dim == 64
     torch.manual_seed(0)
-    random = load_backbone("fmnist-cnn", pretrained=False)  # the checkpoint's architecture
-    assert found.source == str(default) and random.embed_dim == 16
+    random = load_backbone("fmnist-cnn", pretrained=False)  # the shipped recipe's architecture
+    assert random.source == "random" and random.embed_dim == 64
     with torch.no_grad():
-        assert (found.encoder(x) - random.encoder(x)).abs().max() > 1e-3
+        assert (shipped.encoder(x) - random.encoder(x)).abs().max() > 1e-3
+    features = load_backbone("fmnist-cnn", embedding="backbone")
+    assert features.embed_dim == 128 and features.embedding == "backbone"
 
     pixel = loaded.preprocess(Image.new("RGB", (40, 40), (255, 255, 255)))
     torch.testing.assert_close(pixel, torch.full((1, 28, 28), (1 - 0.286) / 0.353))
@@ -288,11 +291,10 @@ def test_missing_weights_say_what_to_download(name):
     assert isinstance(caught.value, FileNotFoundError)
 
 
-def test_missing_trained_checkpoint_says_how_to_make_it():
-    with pytest.raises(MissingWeightsError, match="make book") as caught:
+def test_missing_shipped_weights_say_how_to_make_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="make encoders ONLY=mnist-cnn"):
         load_backbone("mnist-cnn")
-    assert "python -m jepabook.image_jepa train mnist-cnn" in str(caught.value)
-    assert "weights=" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["dinov2-s14", "metaclip-b16-400m", "fmnist-cnn"])

@@ -227,7 +227,7 @@ def test_scoring_sets_folders_and_spectra_of_a_small_encoder(tmp_path):
     assert np.allclose(scores, expected, rtol=1e-6)
     stats = image_experiments.spectrum_statistics({"toy": trained}, images.subset(slice(0, 2)), k=3)
     assert stats.score_error.max() < 1e-5 and len(stats) == 2
-    control = image_experiments.untrained_like(trained, seed=1)
+    control = image_experiments.untrained_like(trained, images, seed=1)
     assert control.history is None and not torch.equal(
         control.encoder(trained.inputs(images)), encoder(trained.inputs(images))
     )
@@ -277,3 +277,20 @@ def test_train_command_writes_and_reuses_a_checkpoint(tmp_path, monkeypatch, cap
     assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
     with pytest.raises(SystemExit):
         image_jepa.main(["train", "cifar-cnn"])
+
+
+def test_partial_spearman_removes_what_the_controls_explain():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    ink = rng.normal(size=400)
+    own = rng.normal(size=400)
+    a, b = ink + 0.1 * rng.normal(size=400), ink + 0.1 * rng.normal(size=400)
+    assert within_class_spearman(a, b, labels) > 0.9
+    assert abs(image_experiments.partial_spearman(a, b, [ink], labels)) < 0.15  # all of it was ink
+    c, d = ink + own, ink + own + 0.1 * rng.normal(size=400)
+    assert image_experiments.partial_spearman(c, d, [ink], labels) > 0.8  # a shared part beyond ink
+    table = agreement({"c": c, "d": d, "ink": ink}, labels, controls={"ink": ink})
+    row = table.set_index("pair")
+    assert row.loc["c / d", "partial_spearman"] > 0.8 and np.isnan(
+        row.loc["c / ink", "partial_spearman"]
+    )

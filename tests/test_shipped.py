@@ -12,6 +12,7 @@ from jepabook import image_jepa, shipped
 from jepabook.losses import VectorViews
 from jepabook.models import MLP
 from jepabook.probe import (
+    embed,
     knn_correct,
     paired_accuracy_difference,
     probe_outcomes,
@@ -146,3 +147,21 @@ def test_standard_probes_compare_each_representation_with_its_baselines():
     assert "linear_minus_random" not in table["random output"]
     difference = paired_accuracy_difference(np.ones(50, bool), np.ones(50, bool))
     assert (difference.estimate, difference.low, difference.high) == (0.0, 0.0, 0.0)
+
+
+def test_the_shipped_fmnist_cnn_learned_beyond_pixels_and_random_weights():
+    """The shipped weights themselves (no training): a k-NN probe on 10,000 training images as
+    neighbours and the first 2,000 test images beats raw pixels and the same network at random."""
+    trained = image_jepa.load_shipped("fmnist-cnn")
+    fit = image_jepa.training_images("fashion-mnist", 10000)
+    test = image_jepa.held_out_images("fashion-mnist").subset(slice(0, 2000))
+    random = image_jepa.untrained_like(trained)
+
+    def knn(encoder):
+        a, b = (embed(encoder, trained.inputs(s)) for s in (fit, test))
+        return knn_correct(a, fit.labels, b, test.labels)
+
+    learned, control = knn(trained.encoder), knn(random.encoder)
+    pixels = knn_correct(fit.images, fit.labels, test.images, test.labels)
+    assert paired_accuracy_difference(learned, pixels).low > 0, (learned.mean(), pixels.mean())
+    assert paired_accuracy_difference(learned, control).low > 0, (learned.mean(), control.mean())
