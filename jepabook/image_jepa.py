@@ -110,7 +110,8 @@ class ImageRecipe:
         if self.architecture == "cnn":
             return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width, "norm": "group"}
         if self.architecture == "vit-projected":
-            return {"out_dim": self.out_dim, "dim": self.width, "depth": 4, "heads": 4}
+            # 7 x 7 patches (16 tokens): 3x faster than 4 x 4 on a CPU, which makes 60 passes feasible
+            return {"out_dim": self.out_dim, "dim": self.width, "depth": 4, "heads": 4, "patch_size": 7}
         return {"out_dim": self.out_dim, "dim": 4 * self.width, "depth": 2, "heads": 4}
 
     def views(self) -> ImageViews:
