@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -111,7 +112,13 @@ class ImageRecipe:
             return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width, "norm": "group"}
         if self.architecture == "vit-projected":
             # 7 x 7 patches (16 tokens): 3x faster than 4 x 4 on a CPU, which makes 60 passes feasible
-            return {"out_dim": self.out_dim, "dim": self.width, "depth": 4, "heads": 4, "patch_size": 7}
+            return {
+                "out_dim": self.out_dim,
+                "dim": self.width,
+                "depth": 4,
+                "heads": 4,
+                "patch_size": 7,
+            }
         return {"out_dim": self.out_dim, "dim": 4 * self.width, "depth": 2, "heads": 4}
 
     def views(self) -> ImageViews:
@@ -283,9 +290,13 @@ def train_image_encoder(
     return trained
 
 
-def load_shipped(name: str) -> TrainedEncoder:
-    """The shipped, converged weights of `name` (checksum and recipe checked; never trains)."""
-    path = shipped.verified_path(name, asdict(recipe_for(name)))
+def load_shipped(name: str, scale: str = "default") -> TrainedEncoder:
+    """The shipped, converged weights of `name` (checksum and recipe checked; never trains).
+
+    scale: whose recipe the weights must have been trained with ("ci" for weights `ship` wrote at
+    ci scale, in tests).
+    """
+    path = shipped.verified_path(name, asdict(recipe_for(name, scale)))
     encoder, meta = encoder_from_checkpoint(path)
     return TrainedEncoder(name, encoder, meta, _saved_history(path, encoder), path)
 
@@ -603,3 +614,37 @@ def shipped_summary(rows: dict[str, str]) -> pd.DataFrame:
         row["held-out SIGReg"] = round(entry["learning_curve"]["held_out_sigreg"], 2)
         table[label] = row
     return pd.DataFrame(table).T
+
+
+def learning_curves(rows: dict[str, str], scale: str = "default") -> pd.DataFrame:
+    """Long table of the shipped encoders' learning curves, one row per (encoder, evaluation):
+    encoder (label), step, epoch, metric ("knn", "knn_backbone", "held_out_sigreg"), value."""
+    frames = []
+    for label, name in rows.items():
+        trained = load_shipped(name, scale)
+        _, evaluations = trained.history.to_frame()
+        epochs = trained.meta["recipe"]["batch_size"] / trained.meta["n_train"]
+        long = evaluations.melt(id_vars="step", var_name="metric", value_name="value")
+        frames.append(long.assign(encoder=label, epoch=(long.step + 1) * epochs))
+    return pd.concat(frames, ignore_index=True)[["encoder", "step", "epoch", "metric", "value"]]
+
+
+def knn_against_baselines(
+    trained: TrainedEncoder, n_fit: int = 10000, n_test: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Per-sample k-NN outcomes (n_test,) bool of the encoder's output, of raw pixels and of the same
+    network with random weights: the first n_fit training images as neighbours, the first n_test
+    held-out images as queries. A quick check that shipped weights have learned."""
+    dataset = trained.meta["dataset"]
+    fit, test = _probe_sets(dataset, min(n_fit, SPLIT_SIZES[dataset]), n_test)
+    random = untrained_like(trained, seed=seed)
+
+    def knn(encoder: nn.Module) -> np.ndarray:
+        a, b = (embed(encoder, trained.inputs(s)) for s in (fit, test))
+        return knn_correct(a, fit.labels, b, test.labels)
+
+    return {
+        "JEPA": knn(trained.encoder),
+        "pixels": knn_correct(fit.images, fit.labels, test.images, test.labels),
+        "random weights": knn(random.encoder),
+    }

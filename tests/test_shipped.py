@@ -12,7 +12,6 @@ from jepabook import image_jepa, shipped
 from jepabook.losses import VectorViews
 from jepabook.models import MLP
 from jepabook.probe import (
-    embed,
     knn_correct,
     paired_accuracy_difference,
     probe_outcomes,
@@ -152,16 +151,23 @@ def test_standard_probes_compare_each_representation_with_its_baselines():
 def test_the_shipped_fmnist_cnn_learned_beyond_pixels_and_random_weights():
     """The shipped weights themselves (no training): a k-NN probe on 10,000 training images as
     neighbours and the first 2,000 test images beats raw pixels and the same network at random."""
-    trained = image_jepa.load_shipped("fmnist-cnn")
-    fit = image_jepa.training_images("fashion-mnist", 10000)
-    test = image_jepa.held_out_images("fashion-mnist").subset(slice(0, 2000))
-    random = image_jepa.untrained_like(trained)
+    outcome = image_jepa.knn_against_baselines(image_jepa.load_shipped("fmnist-cnn"))
+    learned = outcome["JEPA"]
+    for baseline in ("pixels", "random weights"):
+        difference = paired_accuracy_difference(learned, outcome[baseline])
+        assert difference.low > 0, (baseline, learned.mean(), outcome[baseline].mean())
 
-    def knn(encoder):
-        a, b = (embed(encoder, trained.inputs(s)) for s in (fit, test))
-        return knn_correct(a, fit.labels, b, test.labels)
 
-    learned, control = knn(trained.encoder), knn(random.encoder)
-    pixels = knn_correct(fit.images, fit.labels, test.images, test.labels)
-    assert paired_accuracy_difference(learned, pixels).low > 0, (learned.mean(), pixels.mean())
-    assert paired_accuracy_difference(learned, control).low > 0, (learned.mean(), control.mean())
+def test_summary_and_learning_curves_read_what_ship_wrote(ci_shipped, monkeypatch):
+    folder, entry = ci_shipped
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(folder))
+    summary = image_jepa.shipped_summary({"MNIST": "mnist-cnn"})
+    assert summary.loc["MNIST", "steps"] == 40
+    assert summary.loc["MNIST", "linear (output)"].startswith(
+        f"{entry['probes']['output']['linear'][0]:.3f}"
+    )
+    curves = image_jepa.learning_curves({"MNIST": "mnist-cnn"}, scale="ci")
+    assert set(curves.metric) == {"held_out_sigreg", "knn", "knn_backbone"}
+    assert curves.step.max() == 39 and curves.epoch.max() == pytest.approx(40 * 64 / 2000)
+    with pytest.raises(ValueError, match="rows: fmnist-vit"):
+        image_jepa.shipped_summary({"ViT": "fmnist-vit"})
