@@ -315,18 +315,24 @@ def agreement_by_kind(table: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFram
 def learning_curve_figure(curves: pd.DataFrame):
     """Probe accuracy (k-NN, of the output and the backbone) and held-out SIGReg against passes over
     the training set, one line per encoder; curves as `image_jepa.learning_curves` returns them."""
-    from jepabook.plots import figure, label_panels
+    import seaborn as sns
+
+    from jepabook.plots import PALETTE, figure, label_panels
 
     fig, axes = figure(3, 1, width=3.4, height=2.9)
     panels = [
         ("knn", "k-NN accuracy, output"),
         ("knn_backbone", "k-NN accuracy, backbone"),
-        ("held_out_sigreg", "held-out SIGReg (log scale)"),
+        ("held_out_sigreg", "SIGReg: held-out (solid), training views (dashed)"),
     ]
+    colours = dict(zip(curves.encoder.unique(), sns.color_palette(PALETTE), strict=False))
     for ax, (metric, title) in zip(axes, panels, strict=True):
         for encoder, part in curves[curves.metric == metric].groupby("encoder", sort=False):
-            ax.plot(part.epoch, part.value, marker=".", label=encoder)
+            ax.plot(part.epoch, part.value, marker=".", label=encoder, color=colours[encoder])
         ax.set(title=title, xlabel="passes over the training set", xscale="log")
+    training = curves[(curves.metric == "train_regulariser") & (curves.step > 0)]
+    for encoder, part in training.groupby("encoder", sort=False):
+        axes[2].plot(part.epoch, part.value, ls="--", color=colours[encoder])
     axes[2].set_yscale("log")
     axes[0].legend(loc="lower right", fontsize=7)
     label_panels(axes)

@@ -618,11 +618,16 @@ def shipped_summary(rows: dict[str, str]) -> pd.DataFrame:
 
 def learning_curves(rows: dict[str, str], scale: str = "default") -> pd.DataFrame:
     """Long table of the shipped encoders' learning curves, one row per (encoder, evaluation):
-    encoder (label), step, epoch, metric ("knn", "knn_backbone", "held_out_sigreg"), value."""
+    encoder (label), step, epoch, metric, value. Metrics: "knn", "knn_backbone" (the k-NN probe of
+    the output and the backbone), "held_out_sigreg" (SIGReg of 1,024 held-out images' embeddings),
+    "train_regulariser" (the anti-collapse term on the training views, mean since the last evaluation)."""
     frames = []
     for label, name in rows.items():
         trained = load_shipped(name, scale)
-        _, evaluations = trained.history.to_frame()
+        steps, evaluations = trained.history.to_frame()
+        window = np.searchsorted(evaluations.step.to_numpy(), steps.step.to_numpy())  # next eval
+        mean = steps.regulariser.groupby(window).mean()
+        evaluations["train_regulariser"] = mean.reindex(range(len(evaluations))).to_numpy()
         epochs = trained.meta["recipe"]["batch_size"] / trained.meta["n_train"]
         long = evaluations.melt(id_vars="step", var_name="metric", value_name="value")
         frames.append(long.assign(encoder=label, epoch=(long.step + 1) * epochs))
