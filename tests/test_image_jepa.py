@@ -53,6 +53,20 @@ def test_views_reject_bad_arguments(kwargs):
         ImageViews(**kwargs)
 
 
+def test_contrast_jitter_changes_intensity_and_rotations_keep_the_background():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    turned = ImageViews(min_area=1.0, degrees=45.0, flip=False, noise=0.0)(x, torch.Generator())
+    assert turned[:, :, 0, 0].abs().max() < 1e-6  # the border (background) fills the corners
+    jitter = ImageViews(min_area=1.0, degrees=0.0, flip=False, noise=0.0, contrast=0.3)
+    view = jitter(x, torch.Generator().manual_seed(0))
+    inside, outside = view[:, 0, 12, 12], view[:, 0, 0, 0]
+    assert (inside - outside).std() > 0.05 and outside.std() > 0.05  # contrast and brightness vary
+    assert (inside - outside).min() >= 0.7 - 1e-6 and (inside - outside).max() <= 1.3 + 1e-6
+    with pytest.raises(ValueError, match="contrast"):
+        ImageViews(contrast=1.0)
+
+
 def test_views_need_image_batches():
     with pytest.raises(ValueError, match="x: expected images"):
         ImageViews()(torch.rand(4, 28, 28))
@@ -294,3 +308,19 @@ def test_partial_spearman_removes_what_the_controls_explain():
     assert row.loc["c / d", "partial_spearman"] > 0.8 and np.isnan(
         row.loc["c / ink", "partial_spearman"]
     )
+
+
+def test_projected_encoders_score_samples_independently_and_calibrate_batchnorm():
+    from jepabook.models import calibrate_batchnorm, resnet_encoder, vit_encoder
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 28, 28)
+    for encoder in (resnet_encoder(width=8, out_dim=16), vit_encoder(dim=32, depth=1, out_dim=16)):
+        encoder.eval()
+        assert encoder(x).shape == (6, 16) and encoder.backbone(x).shape[0] == 6
+        torch.testing.assert_close(encoder(x[:2]), encoder(x)[:2])  # no interaction in eval mode
+    encoder = resnet_encoder(width=8)
+    calibrate_batchnorm(encoder, 3 + 2 * torch.randn(64, 1, 28, 28))
+    stem = encoder.backbone.features[1]
+    assert not encoder.training and stem.momentum == 0.1
+    assert stem.running_mean.abs().max() > 0.1  # the data's statistics, not the initial zeros
