@@ -323,17 +323,19 @@ def learning_curve_figure(curves: pd.DataFrame):
     panels = [
         ("knn", "k-NN accuracy, output"),
         ("knn_backbone", "k-NN accuracy, backbone"),
-        ("held_out_sigreg", "SIGReg: held-out (solid), training views (dashed)"),
+        ("held_out_sigreg", "SIGReg (log scale)"),
     ]
     colours = dict(zip(curves.encoder.unique(), sns.color_palette(PALETTE), strict=False))
     for ax, (metric, title) in zip(axes, panels, strict=True):
         for encoder, part in curves[curves.metric == metric].groupby("encoder", sort=False):
             ax.plot(part.epoch, part.value, marker=".", label=encoder, color=colours[encoder])
-        ax.set(title=title, xlabel="passes over the training set", xscale="log")
+        ax.set(title=title, xlabel="passes over the training set")
     training = curves[(curves.metric == "train_regulariser") & (curves.step > 0)]
     for encoder, part in training.groupby("encoder", sort=False):
         axes[2].plot(part.epoch, part.value, ls="--", color=colours[encoder])
     axes[2].set_yscale("log")
+    axes[2].text(0.97, 0.95, "solid: held-out images\ndashed: training views", ha="right", va="top",
+                 transform=axes[2].transAxes, fontsize=8)  # fmt: skip
     axes[0].legend(loc="lower right", fontsize=7)
     label_panels(axes)
     return fig, axes
