@@ -90,7 +90,7 @@ def test_recipes_name_their_variants():
         None,
     )
     assert recipe.variant("default") == "default" and recipe.epochs(60000) == pytest.approx(
-        40, 0.01
+        image_jepa.EPOCHS, 0.01
     )
     small = image_jepa.recipe_for("mnist-cnn", "default", regulariser="moments", n_train=1000)
     assert small.variant("default") == "default-moments-n1000" and not small.flip

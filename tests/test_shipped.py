@@ -167,7 +167,7 @@ def test_summary_and_learning_curves_read_what_ship_wrote(ci_shipped, monkeypatc
         f"{entry['probes']['output']['linear'][0]:.3f}"
     )
     curves = image_jepa.learning_curves({"MNIST": "mnist-cnn"}, scale="ci")
-    assert set(curves.metric) == {"held_out_sigreg", "knn", "knn_backbone"}
+    assert set(curves.metric) == {"held_out_sigreg", "knn", "knn_backbone", "train_regulariser"}
     assert curves.step.max() == 39 and curves.epoch.max() == pytest.approx(40 * 64 / 2000)
     with pytest.raises(ValueError, match="rows: fmnist-vit"):
         image_jepa.shipped_summary({"ViT": "fmnist-vit"})
