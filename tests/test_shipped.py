@@ -24,10 +24,11 @@ from jepabook.train import TrainConfig, train_jepa
 def ci_shipped(tmp_path_factory):
     """mnist-cnn trained through `ship` at ci scale into a temporary encoders folder."""
     folder = tmp_path_factory.mktemp("encoders")
+    # The variable is set only while shipping, so that later tests see the real folder.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JEPABOOK_ENCODERS", str(folder))
         entry = image_jepa.ship("mnist-cnn", "ci", device="cpu", progress=False)
-        yield folder, entry
+    return folder, entry
 
 
 def test_ship_writes_weights_and_a_complete_manifest_entry(ci_shipped):
@@ -148,14 +149,17 @@ def test_standard_probes_compare_each_representation_with_its_baselines():
     assert (difference.estimate, difference.low, difference.high) == (0.0, 0.0, 0.0)
 
 
-def test_the_shipped_fmnist_cnn_learned_beyond_pixels_and_random_weights():
+def test_the_shipped_fmnist_cnn_learned_beyond_random_weights_and_is_not_below_pixels():
     """The shipped weights themselves (no training): a k-NN probe on 10,000 training images as
-    neighbours and the first 2,000 test images beats raw pixels and the same network at random."""
+    neighbours and the first 2,000 test images is above the same network at random (interval of the
+    paired difference above 0) and not below raw pixels (its interval reaches 0 or above; the
+    encoders chapter shows it level with pixels under the full protocol)."""
     outcome = image_jepa.knn_against_baselines(image_jepa.load_shipped("fmnist-cnn"))
     learned = outcome["JEPA"]
-    for baseline in ("pixels", "random weights"):
-        difference = paired_accuracy_difference(learned, outcome[baseline])
-        assert difference.low > 0, (baseline, learned.mean(), outcome[baseline].mean())
+    random = paired_accuracy_difference(learned, outcome["random weights"])
+    assert random.low > 0.1, (learned.mean(), outcome["random weights"].mean())
+    pixels = paired_accuracy_difference(learned, outcome["pixels"])
+    assert pixels.high > 0, (learned.mean(), outcome["pixels"].mean())
 
 
 def test_summary_and_learning_curves_read_what_ship_wrote(ci_shipped, monkeypatch):
