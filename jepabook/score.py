@@ -175,6 +175,11 @@ def logmeanexp(values: torch.Tensor, dim: int) -> torch.Tensor:
 def _pooled(model: Callable, pool: Pool | None) -> Callable[[torch.Tensor], torch.Tensor]:
     def encoder(x: torch.Tensor) -> torch.Tensor:
         out = model(x)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"model: expected a tensor output of shape (B, K), got {type(out).__name__}; "
+                "wrap the model so that it returns the embedding, e.g. lambda x: model(x)[0]"
+            )
         if out.ndim == 3 and pool == "mean":
             return out.mean(1)
         if out.ndim == 3 and pool == "first":
@@ -188,10 +193,6 @@ def _embedding_width(encoder: Callable, x1: torch.Tensor) -> int:
     """Run one sample through the encoder and check the output layout; returns K."""
     with torch.no_grad():
         out = encoder(x1)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(
-            f"model: expected a tensor output of shape (B, K), got {type(out).__name__}"
-        )
     if out.ndim == 3:
         raise ValueError(
             f"model: output has token shape {tuple(out.shape)} (B, N, K); "
@@ -233,6 +234,7 @@ def _check_inputs(
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     if not eps > 0:
         raise ValueError(f"eps: expected a positive number, got {eps}")
+    _check_dtype(model, x)
     if pool not in (None, "mean", "first"):
         raise ValueError(f"pool: expected None, 'mean' or 'first', got {pool!r}")
     if mode not in ("auto", "reverse", "forward"):
@@ -243,6 +245,17 @@ def _check_inputs(
     if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 1):
         raise ValueError(
             f"memory_budget: expected a positive number of bytes, got {memory_budget!r}"
+        )
+
+
+def _check_dtype(model: Callable, x: torch.Tensor) -> None:
+    """TypeError when x's dtype differs from the model's floating-point parameters."""
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    dtype = next((p.dtype for p in params if p.is_floating_point()), x.dtype)
+    if dtype != x.dtype:
+        raise TypeError(
+            f"x: dtype {x.dtype} does not match the model's parameters ({dtype}); "
+            f"convert one of them, e.g. x.to({dtype}) or model.to({x.dtype})"
         )
 
 

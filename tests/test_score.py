@@ -230,3 +230,17 @@ def test_non_tensor_and_non_float_inputs_are_errors():
         jepa_score(MLP(4, 4), torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="model: expected a callable"):
         jepa_score("encoder", torch.randn(2, 4))
+
+
+def test_a_model_returning_a_tuple_or_dict_gets_a_named_error():
+    net = MLP(4, 4)
+    for wrapped in (lambda x: (net(x), x), lambda x: {"embedding": net(x)}):
+        with pytest.raises(TypeError, match="model: expected a tensor output.*model\\(x\\)\\[0\\]"):
+            jepa_score(wrapped, torch.randn(2, 4))
+    assert jepa_score(lambda x: net(x), torch.randn(2, 4)).shape == (2,)
+
+
+def test_an_input_dtype_other_than_the_models_gets_a_named_error():
+    with pytest.raises(TypeError, match=r"x: dtype torch.float64 does not match .*torch.float32"):
+        jepa_score(MLP(4, 4), torch.randn(2, 4, dtype=torch.float64))
+    assert jepa_score(MLP(4, 4).double(), torch.randn(2, 4, dtype=torch.float64)).shape == (2,)
