@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import yaml
 
+from jepabook import verdicts
+
 SCALES = ("ci", "default", "full")
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_FILES = ("_config.yml", "_toc.yml")
@@ -90,7 +92,7 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     for name in BOOK_FILES:
         shutil.copy2(root / name, out / name)
-    executed = []
+    executed, timings = [], {}
     for rel in chapter_files(root):
         if only and rel.stem not in only:
             continue
@@ -106,15 +108,58 @@ def execute(
             kernel_name="python3",
             progress_bar=False,
         )
-        print(f"[jepabook] {rel} done in {time.perf_counter() - start:.1f} s", flush=True)
+        seconds = time.perf_counter() - start
+        print(f"[jepabook] {rel} done in {seconds:.1f} s", flush=True)
+        timings[rel.stem] = seconds
         executed.append(target)
+    print(timing_table(timings), flush=True)
     return executed
 
 
+def timing_table(seconds: dict[str, float]) -> str:
+    """A plain-text table of execution time per chapter, with the total."""
+    width = max([len(name) for name in seconds] + [len("total")])
+    lines = [f"{'chapter':<{width}}  seconds", f"{'-' * width}  -------"]
+    lines += [f"{name:<{width}}  {value:7.1f}" for name, value in seconds.items()]
+    lines.append(f"{'total':<{width}}  {sum(seconds.values()):7.1f}")
+    return "\n".join(lines)
+
+
+def write_executed(source: Path, outputs: dict[int, list], target: Path) -> Path:
+    """Write notebook `source` with the outputs of its code cells (numbered from 0, in order) to target.
+
+    Lets another executor (nbval, in `make test`) supply the outputs the book is built from, so that
+    each chapter runs once. Raises ValueError when a code cell has no recorded outputs.
+    """
+    import nbformat
+
+    notebook = nbformat.read(str(source), as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    missing = [i for i in range(len(code)) if i not in outputs]
+    if missing:
+        raise ValueError(f"outputs: no outputs recorded for code cells {missing} of {source}")
+    for number, cell in enumerate(code):
+        cell.outputs = [nbformat.from_dict(dict(output)) for output in outputs[number]]
+        cell.execution_count = number + 1
+        for output in cell.outputs:
+            if output.output_type == "execute_result":
+                output.execution_count = number + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, str(target))
+    return target
+
+
+SCORECARD = Path("chapters/scorecard.md")
+
+
 def build(src: Path, html: Path) -> Path:
-    """Build HTML from an executed tree with jupyter-book (execution off); returns html/index.html."""
+    """Build HTML from an executed tree with jupyter-book (execution off); returns html/index.html.
+
+    The scorecard page is written first, from the verdict records of the executed chapters.
+    """
     for name in BOOK_FILES:  # the current configuration, even if the chapters were executed before
         shutil.copy2(ROOT / name, src / name)
+    write_scorecard(src)
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--builder", "html"]
     subprocess.run(command + ["--quiet"], check=True)
@@ -124,11 +169,23 @@ def build(src: Path, html: Path) -> Path:
     return html / "index.html"
 
 
+def write_scorecard(src: Path) -> Path:
+    """Write src/chapters/scorecard.md from the verdict records of the executed chapters under src."""
+    records = verdicts.collect([src / rel for rel in chapter_files(src)])
+    target = src / SCORECARD
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(verdicts.scorecard(records))
+    return target
+
+
 def check(html: Path, root: Path = ROOT) -> list[str]:
     """Problems with a built book: a chapter page missing, without a figure, or showing an error."""
     problems = []
     if not (html / "index.html").exists():
         problems.append(f"{html / 'index.html'} is missing")
+    scorecard = html / SCORECARD.with_suffix(".html")
+    if not scorecard.exists() or "<table" not in scorecard.read_text(errors="replace"):
+        problems.append(f"{scorecard} is missing or has no table")
     for rel in chapter_files(root):
         page = html / rel.with_suffix(".html")
         if not page.exists():

@@ -1,0 +1,66 @@
+"""pytest plugin for `make test`: nbval executes each chapter once, and the ci-scale book is built from
+what it executed.
+
+nbval runs every code cell of chapters/*.ipynb as a test item; the outputs of each cell are recorded
+here. Tests marked `after_chapters` run last, and the `nbval_chapters` fixture hands them what was
+recorded (tests/test_book.py builds the book from it instead of executing the chapters a second
+time). A table of seconds per chapter closes the run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+_OUTPUTS = pytest.StashKey[dict]()  # chapter path -> {code cell number: outputs}
+_FAILED = pytest.StashKey[set]()  # chapter paths with a failed or skipped cell
+_SECONDS = pytest.StashKey[dict]()  # chapter stem -> seconds
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_OUTPUTS] = defaultdict(dict)
+    config.stash[_FAILED] = set()
+    config.stash[_SECONDS] = defaultdict(float)
+    config.addinivalue_line("markers", "after_chapters: runs after nbval has run the chapters")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("after_chapters") is not None)
+
+
+def _is_chapter_cell(item: pytest.Item) -> bool:
+    return hasattr(item, "cell_num") and hasattr(item, "test_outputs")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    if not _is_chapter_cell(item) or call.when != "call":
+        return
+    path = Path(str(item.parent.path))
+    report = outcome.get_result()
+    item.config.stash[_SECONDS][path.stem] += report.duration
+    if report.passed and item.test_outputs is not None:
+        item.config.stash[_OUTPUTS][path][item.cell_num] = list(item.test_outputs)
+    else:
+        item.config.stash[_FAILED].add(path)
+
+
+@pytest.fixture
+def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, dict[int, list]], set[Path]]:
+    """(outputs, failed): the recorded outputs {code cell number: outputs} of every chapter nbval ran
+    through without a failure, and the chapters with a failed or skipped cell."""
+    failed = request.config.stash[_FAILED]
+    recorded = request.config.stash[_OUTPUTS]
+    return {path: cells for path, cells in recorded.items() if path not in failed}, set(failed)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    seconds = dict(config.stash[_SECONDS])
+    if seconds:
+        from jepabook.book import timing_table
+
+        terminalreporter.write_sep("-", "chapters executed by nbval")
+        terminalreporter.write_line(timing_table(seconds))
