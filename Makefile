@@ -45,7 +45,7 @@ book: chapters
 	$(BIN)/python -m jepabook.book build --src _build/executed --html _build/html
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-## Lint, unit tests, nbval on every chapter and a ci-scale book build, all at JEPABOOK_SCALE=ci.
+## Lint, unit tests, nbval on every chapter (each executed once) and a ci-scale book built from its outputs, at JEPABOOK_SCALE=ci.
 test: venv data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

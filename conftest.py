@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 _OUTPUTS = pytest.StashKey[dict]()  # chapter path -> {code cell number: outputs}
+_NOTEBOOKS = pytest.StashKey[dict]()  # chapter path -> the notebook as nbval read it
 _FAILED = pytest.StashKey[set]()  # chapter paths with a failed or skipped cell
 _SECONDS = pytest.StashKey[dict]()  # chapter stem -> seconds
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_OUTPUTS] = defaultdict(dict)
+    config.stash[_NOTEBOOKS] = {}
     config.stash[_FAILED] = set()
     config.stash[_SECONDS] = defaultdict(float)
     config.addinivalue_line("markers", "after_chapters: runs after nbval has run the chapters")
@@ -44,17 +46,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     item.config.stash[_SECONDS][path.stem] += report.duration
     if report.passed and item.test_outputs is not None:
         item.config.stash[_OUTPUTS][path][item.cell_num] = list(item.test_outputs)
+        item.config.stash[_NOTEBOOKS][path] = item.parent.nb
     else:
         item.config.stash[_FAILED].add(path)
 
 
 @pytest.fixture
-def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, dict[int, list]], set[Path]]:
-    """(outputs, failed): the recorded outputs {code cell number: outputs} of every chapter nbval ran
-    through without a failure, and the chapters with a failed or skipped cell."""
+def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, tuple], set[Path]]:
+    """(recorded, failed): {chapter path: (the notebook as nbval read it, {code cell number:
+    outputs})} for every chapter nbval ran through without a failure, and the chapters with a failed
+    or skipped cell."""
     failed = request.config.stash[_FAILED]
-    recorded = request.config.stash[_OUTPUTS]
-    return {path: cells for path, cells in recorded.items() if path not in failed}, set(failed)
+    notebooks, recorded = request.config.stash[_NOTEBOOKS], request.config.stash[_OUTPUTS]
+    done = {
+        path: (notebooks[path], cells) for path, cells in recorded.items() if path not in failed
+    }
+    return done, set(failed)
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

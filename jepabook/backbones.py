@@ -8,6 +8,9 @@ model's own preprocessing, which output is differentiated, where the weights cam
 - the encoders trained in this project (`jepabook.image_jepa.TRAINED_ENCODERS`), from the weights
   shipped under data/encoders (sha256 and recipe checked against data/encoders/manifest.json).
 
+Size: over 500 lines because each family has its own loading path (timm, open_clip, trained here),
+weight lookup and missing-weights message; they share one `Backbone` interface and one registry.
+
 Nothing is downloaded here. Weights are looked up, in order, at `weights=PATH` (a file, or a folder
 holding one), in the Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`) and in the cache where the
 original release file lands (`torch.hub.get_dir()/checkpoints`, and `~/.cache/clip` for open_clip).

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import torch
 import yaml
 
 from jepabook import verdicts
@@ -46,16 +45,6 @@ def settings(scale: str, table: dict[str, dict[str, Any]]) -> SimpleNamespace:
     if missing:
         raise ValueError(f"table: expected entries for every scale, missing {missing}")
     return SimpleNamespace(**table[resolve_scale(scale)])
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """ "auto" (or None) means CUDA when present, else CPU; anything else is passed to torch.device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
-    return resolved
 
 
 def chapter_files(root: Path = ROOT) -> list[Path]:
@@ -125,15 +114,21 @@ def timing_table(seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_executed(source: Path, outputs: dict[int, list], target: Path) -> Path:
-    """Write notebook `source` with the outputs of its code cells (numbered from 0, in order) to target.
+def write_executed(source, outputs: dict[int, list], target: Path) -> Path:
+    """Write notebook `source` (a path, or the notebook as the executor read it) with the outputs of
+    its code cells (numbered from 0, in order) to target.
 
     Lets another executor (nbval, in `make test`) supply the outputs the book is built from, so that
     each chapter runs once. Raises ValueError when a code cell has no recorded outputs.
     """
+    import copy
+
     import nbformat
 
-    notebook = nbformat.read(str(source), as_version=4)
+    if isinstance(source, str | Path):
+        notebook = nbformat.read(str(source), as_version=4)
+    else:
+        notebook = copy.deepcopy(source)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     missing = [i for i in range(len(code)) if i not in outputs]
     if missing:

@@ -19,19 +19,17 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pandas as pd
 import torch
 
 from jepabook import distributed
 from jepabook import folder_scoring as fs
-from jepabook.book import resolve_device
+from jepabook.backbones import Backbone, list_backbones, load_backbone
+from jepabook.devices import resolve_device
 from jepabook.gallery import write_gallery
 from jepabook.precision import PRECISIONS
-
-if TYPE_CHECKING:
-    from jepabook.backbones import Backbone
 
 T = TypeVar("T")
 
@@ -63,7 +61,6 @@ failed: the output lists why), a backbone could not be loaded, or a journal bloc
 
 def build_parser() -> argparse.ArgumentParser:
     """The `jepabook` parser with its subcommands (`score`)."""
-    from jepabook.backbones import list_backbones
 
     parser = argparse.ArgumentParser(prog="python -m jepabook", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,8 +279,6 @@ def _finish(args: argparse.Namespace, plan: Plan, n_new: int, elapsed: float) ->
 
 
 def _load_backbone(args: argparse.Namespace, device: torch.device):
-    from jepabook.backbones import load_backbone
-
     return load_backbone(
         args.backbone, weights=args.weights, embedding=args.embedding, device=device,
         image_size=args.image_size,

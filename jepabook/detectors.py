@@ -5,7 +5,8 @@ A `Sample` holds what detectors may look at: the embeddings f(x) (n, K), and opt
 inputs x (n, ...), the encoder itself and class labels. Detectors:
 
 - from the encoder's Jacobian (jepabook.score): `JepaScore`; `ChangeOfVariables`, JEPA-SCORE +
-  log N(f(x); mu, Sigma), the full change-of-variables score of Lemma 2; `MultiView`, the multi-view
+  log N(f(x); mu, Sigma), the form of Theorem 1's change of variables (a density of x
+  only when K = D); `MultiView`, the multi-view
   estimator of eq. (4), -logmeanexp over M random views of -JEPA-SCORE;
 - from the embeddings only, where scikit-learn does the work: `KNN` (distance to the k-th nearest
   training embedding after L2 normalisation, sklearn.neighbors.NearestNeighbors), `Mahalanobis`
@@ -27,6 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from jepabook.metrics import detection_metrics
+from jepabook.probe import embed as embeddings
+from jepabook.score import jepa_score, score_dataset
 
 
 @dataclass
@@ -90,7 +95,7 @@ class Sample:
             raise ValueError(f"sample: {by} needs {' and '.join(missing)}, which this sample lacks")
 
 
-def embed(
+def embed_sample(
     encoder: nn.Module,
     inputs: torch.Tensor,
     labels: np.ndarray | torch.Tensor | None = None,
@@ -98,7 +103,6 @@ def embed(
     batch_size: int = 512,
 ) -> Sample:
     """Sample of encoder inputs (n, ...): embeddings f(x) (n, K) computed in eval mode, batch by batch."""
-    from jepabook.probe import embed as embeddings
 
     labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
     z = embeddings(encoder, inputs, batch_size).double().numpy()
@@ -169,18 +173,20 @@ class JepaScore(Detector):
         return sample.cached("jepa-score", lambda: self._jepa(sample))
 
     def _jepa(self, sample: Sample) -> np.ndarray:
-        from jepabook.image_experiments import score_images
 
-        return score_images(
+        return score_dataset(
             sample.encoder, sample.inputs, batch_size=self.batch_size, progress=self.progress
         )
 
 
 class ChangeOfVariables(JepaScore):
-    """JEPA-SCORE(x) + log N(f(x); mu, Sigma): the change-of-variables density of Lemma 2.
+    """JEPA-SCORE(x) + log N(f(x); mu, Sigma).
 
-    gaussian="fitted": mu, Sigma of the training embeddings; "standard": N(0, I), the law a
-    Gaussian-embedding JEPA is trained towards (the paper's exact identity for K = D).
+    With gaussian="standard" (N(0, I), the law a Gaussian-embedding JEPA is trained towards) and
+    K = D this is the change-of-variables density of Theorem 1 (`jepabook.density`). With K < D, as
+    for every image encoder here, it is not a density of x: it adds how likely the embedding is under
+    a Gaussian to how much f stretches volume in the directions it keeps, a heuristic combination.
+    gaussian="fitted" uses mu, Sigma of the training embeddings instead of N(0, I).
     """
 
     def __init__(self, gaussian: str = "fitted", batch_size: int = 32, progress: bool = False):
@@ -241,8 +247,6 @@ class MultiView(JepaScore):
 
     def _views(self, sample: Sample) -> np.ndarray:
         from tqdm.auto import tqdm
-
-        from jepabook.score import jepa_score
 
         device = next(sample.encoder.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
@@ -406,7 +410,6 @@ def evaluate(
     Returns one row per (detector, set): auroc, aupr, fpr95 and their bootstrap intervals
     (<metric>_low, <metric>_high).
     """
-    from jepabook.metrics import detection_metrics
 
     rows = []
     for detector in detectors:

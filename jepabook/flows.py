@@ -17,6 +17,10 @@ float64 and comes back in the input's dtype, so float64 inputs give float64 Jaco
   (quadrature and histogram checks of a 2-D density).
 - `log_ndtr`, `ndtri_from_logs`: normal CDF / quantile in log space, accurate in both tails.
 
+Size: over 500 lines because these exact maps and their quadrature checks are one toolbox (the
+Rosenblatt map needs the tail-accurate normal functions, the level-set example needs the coarea
+integral), used together by the change-of-variables and intro chapters and by the density tests.
+
 Change of variables (K = D): if Z = f(X) ~ N(0, I) then
     log p_X(x) = log N(f(x); 0, I) + log|det J_f(x)| = log N(f(x); 0, I) + JEPA-SCORE(x).
 """
@@ -32,9 +36,9 @@ import torch
 from torch import nn
 
 from jepabook.data import GaussianMixture, seeded_generator
+from jepabook.density import LOG_2PI, change_of_variables, log_standard_normal
 from jepabook.score import jepa_score
 
-LOG_2PI = math.log(2 * math.pi)
 SQRT_HALF = math.sqrt(0.5)
 _NDTRI_SAFE_LOG = -700.0  # below this, exp() of a log-probability is too close to float64 underflow
 
@@ -42,11 +46,6 @@ _NDTRI_SAFE_LOG = -700.0  # below this, exp() of a log-probability is too close 
 # --------------------------------------------------------------------------------------------------
 # Normal helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) for z (n, D): (n,) in z's dtype."""
-    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * LOG_2PI)
 
 
 def log_ndtr(x: torch.Tensor) -> torch.Tensor:
@@ -478,13 +477,8 @@ def decompose_log_density(mixture: GaussianMixture, x: torch.Tensor) -> dict[str
     """
     x = _as_batch(x, mixture.dim)
     f = RosenblattMap(mixture)
-    code = f(x)
-    return {
-        "log_p": mixture.log_prob(x),
-        "jepa_score": jepa_score(f, x),
-        "log_normal": log_standard_normal(code),
-        "code": code,
-    }
+    parts = change_of_variables(f, x)
+    return {"log_p": mixture.log_prob(x), **parts, "code": f(x)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from jepabook.plots import use_style
+
 
 def write_gallery(frame: pd.DataFrame, root: Path, path: Path, n: int = 8, title: str = "") -> None:
     """Draw the n least and n most likely ok images of a scores frame: a .png figure or a .html page.
@@ -39,8 +41,6 @@ def _caption(row) -> str:
 
 def _gallery_png(rows: dict[str, pd.DataFrame], root: Path, n: int, title: str):
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
-
-    from jepabook.plots import use_style
 
     use_style()
     fig = Figure(figsize=(1.5 * n, 3.9), constrained_layout=True)

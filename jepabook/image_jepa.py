@@ -4,6 +4,9 @@ Encoders trained here are named "<dataset>-<architecture>[-<variant>]" (the keys
 "fmnist-cnn"). Their converged weights ship under data/encoders (`load_shipped`, `make encoders`);
 other recipes (ci scale, overrides) are cached under `data_dir()/encoders/<name>-<variant>.pt`. Every
 checkpoint carries the `meta` needed to rebuild its encoder from the file alone.
+
+Size: over 500 lines because recipes, data splits, training, the standard probes and shipping
+(`make encoders`: resume, manifest, checksums) are one pipeline whose parts must agree on the recipe.
 """
 
 from __future__ import annotations
@@ -16,15 +19,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from jepabook import shipped
-from jepabook.book import resolve_device
 from jepabook.datasets import ImageSet, fashion_mnist, mnist_digits
-from jepabook.metrics import Interval
+from jepabook.devices import resolve_device
 from jepabook.models import MLP, ProjectedEncoder, build_encoder, calibrate_batchnorm
 from jepabook.paths import data_dir
 from jepabook.probe import embed, knn_correct, probe_outcomes, standard_probes
@@ -500,7 +500,7 @@ def probe_table(
     only the first of each (None: all).
     """
     dataset = trained.meta["dataset"]
-    fit, test = _probe_sets(dataset, n_fit, n_test)
+    fit, test = probe_sets(dataset, n_fit, n_test)
     outcomes = {"pixels": _pixel_outcomes(dataset, n_fit, n_test)}
     random = untrained_like(trained, fit)
     for label, module in _feature_modules(trained.encoder, random.encoder):
@@ -509,14 +509,14 @@ def probe_table(
     return standard_probes(outcomes, against=("pixels", "random"))
 
 
-def _probe_sets(dataset: str, n_fit: int | None, n_test: int | None) -> tuple[ImageSet, ImageSet]:
+def probe_sets(dataset: str, n_fit: int | None, n_test: int | None) -> tuple[ImageSet, ImageSet]:
     fit, test = training_images(dataset, n_fit), held_out_images(dataset)
     return fit, test.subset(torch.arange(min(n_test or len(test), len(test))))
 
 
 @functools.cache
 def _pixel_outcomes(dataset: str, n_fit: int | None, n_test: int | None) -> dict:
-    fit, test = _probe_sets(dataset, n_fit, n_test)
+    fit, test = probe_sets(dataset, n_fit, n_test)
     return probe_outcomes(fit.images, fit.labels, test.images, test.labels)
 
 
@@ -586,70 +586,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def shipped_summary(rows: dict[str, str]) -> pd.DataFrame:
-    """What the manifest says of shipped encoders, one row per {label: name}: training images,
-    passes, steps, probes of the output (and backbone) with 95% intervals, against pixels and the
-    same network with random weights, and the held-out SIGReg at the end of training."""
-    manifest = shipped.read_manifest()
-    table = {}
-    for label, name in rows.items():
-        if name not in manifest:
-            raise ValueError(f"rows: {name} has no entry in {shipped.manifest_path()}")
-        entry, probes = manifest[name], manifest[name]["probes"]
-        row = {
-            "training images": entry["recipe"]["n_train"] or SPLIT_SIZES[entry["recipe"]["dataset"]]
-        }
-        row |= {"epochs": entry["epochs"], "steps": entry["steps"]}
-        for feature in ("output", "backbone"):
-            for probe in ("linear", "knn"):
-                if feature in probes:
-                    key = f"{probe} ({feature})"
-                    row[key] = str(Interval(*probes[feature][probe]))
-                    for base in ("pixels", "random"):
-                        difference = probes[feature].get(f"{probe}_minus_{base}")
-                        if difference is not None and feature == "output":
-                            row[f"{probe} − {base}"] = str(Interval(*difference))
-        row["held-out SIGReg"] = round(entry["learning_curve"]["held_out_sigreg"], 2)
-        table[label] = row
-    return pd.DataFrame(table).T
-
-
-def learning_curves(rows: dict[str, str], scale: str = "default") -> pd.DataFrame:
-    """Long table of the shipped encoders' learning curves, one row per (encoder, evaluation):
-    encoder (label), step, epoch, metric, value. Metrics: "knn", "knn_backbone" (the k-NN probe of
-    the output and the backbone), "held_out_sigreg" (SIGReg of 1,024 held-out images' embeddings),
-    "train_regulariser" (the anti-collapse term on the training views, mean since the last evaluation)."""
-    frames = []
-    for label, name in rows.items():
-        trained = load_shipped(name, scale)
-        steps, evaluations = trained.history.to_frame()
-        window = np.searchsorted(evaluations.step.to_numpy(), steps.step.to_numpy())  # next eval
-        mean = steps.regulariser.groupby(window).mean()
-        evaluations["train_regulariser"] = mean.reindex(range(len(evaluations))).to_numpy()
-        epochs = trained.meta["recipe"]["batch_size"] / trained.meta["n_train"]
-        long = evaluations.melt(id_vars="step", var_name="metric", value_name="value")
-        frames.append(long.assign(encoder=label, epoch=(long.step + 1) * epochs))
-    return pd.concat(frames, ignore_index=True)[["encoder", "step", "epoch", "metric", "value"]]
-
-
-def knn_against_baselines(
-    trained: TrainedEncoder, n_fit: int = 10000, n_test: int = 2000, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Per-sample k-NN outcomes (n_test,) bool of the encoder's output, of raw pixels and of the same
-    network with random weights: the first n_fit training images as neighbours, the first n_test
-    held-out images as queries. A quick check that shipped weights have learned."""
-    dataset = trained.meta["dataset"]
-    fit, test = _probe_sets(dataset, min(n_fit, SPLIT_SIZES[dataset]), n_test)
-    random = untrained_like(trained, seed=seed)
-
-    def knn(encoder: nn.Module) -> np.ndarray:
-        a, b = (embed(encoder, trained.inputs(s)) for s in (fit, test))
-        return knn_correct(a, fit.labels, b, test.labels)
-
-    return {
-        "JEPA": knn(trained.encoder),
-        "pixels": knn_correct(fit.images, fit.labels, test.images, test.labels),
-        "random weights": knn(random.encoder),
-    }

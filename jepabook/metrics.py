@@ -32,7 +32,21 @@ class Interval:
         return value < self.low or value > self.high
 
     def __str__(self) -> str:
-        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return format_interval(self.estimate, self.low, self.high)
+
+
+def format_interval(estimate: float, low: float, high: float, digits: int = 3) -> str:
+    """'0.834 [0.827, 0.842]': an estimate and its interval, as the book prints them everywhere."""
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def interval_strings(
+    table, column: str, low: str | None = None, high: str | None = None, digits: int = 2
+):
+    """format_interval of every row of a DataFrame: the estimate in `column`, its interval in `low`
+    and `high` (default: "<column>_low" and "<column>_high"). Returns a Series of strings."""
+    low, high = low or f"{column}_low", high or f"{column}_high"
+    return table.apply(lambda r: format_interval(r[column], r[low], r[high], digits), axis=1)
 
 
 def _as_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -321,6 +335,55 @@ def detection_metrics(
         low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
         result[name] = Interval(float(point), float(low), float(high))
     return result
+
+
+def bootstrap_mean_auroc(
+    inliers,
+    outliers: dict,
+    *,
+    baseline: tuple | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Mean over out-of-domain sets of AUROC(inliers (n,) vs each set (m_s,)), with a bootstrap
+    interval (inliers resampled once per draw and shared by every set, each set resampled).
+
+    baseline: (inliers, outliers) of another score of the same images; the result is then the paired
+    difference of the two means (the same draws for both).
+    """
+    sets = list(outliers)
+    if not sets:
+        raise ValueError("outliers: expected at least one out-of-domain set")
+    scored = [(inliers, outliers)] + ([baseline] if baseline is not None else [])
+    rng = np.random.default_rng(seed)
+    n_in = np.asarray(inliers).size
+    rows_in = bootstrap_indices(n_in, n_boot, int(rng.integers(2**31)))
+    rows_out = {
+        s: bootstrap_indices(np.asarray(outliers[s]).size, n_boot, int(rng.integers(2**31)))
+        for s in sets
+    }
+
+    def mean_auroc(inl, outs, pick_in, pick_out) -> np.ndarray:
+        values = []
+        for s in sets:
+            a, b = _detection_pair(inl, outs[s])
+            values.append(_metric_rows("auroc", a[pick_in], b[pick_out(s)]))
+        return np.mean(values, axis=0)
+
+    def difference(pick_in, pick_out) -> np.ndarray:
+        values = [mean_auroc(inl, outs, pick_in, pick_out) for inl, outs in scored]
+        return values[0] - values[1] if baseline is not None else values[0]
+
+    point = float(difference(None, lambda s: None)[0])
+    draws = np.concatenate(
+        [
+            difference(rows_in[i : i + 200], lambda s, i=i: rows_out[s][i : i + 200])
+            for i in range(0, n_boot, 200)
+        ]
+    )
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(point, float(low), float(high))
 
 
 def paired_difference(

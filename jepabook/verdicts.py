@@ -30,8 +30,10 @@ CLAIMS = (
     "Figures 6-7",
     "outlier detection",
     "curation",
+    "trained encoders (precondition)",
 )
-"""The paper's claims, in the order of the scorecard."""
+"""The paper's claims, in the order of the scorecard; the last is the book's own: a verdict about a
+trained JEPA counts once the JEPA has demonstrably learned."""
 MIME = "application/vnd.jepabook.verdicts+json"
 
 
@@ -45,7 +47,8 @@ class Verdict:
     statement: what the claim says, in one sentence.
     setting: data, encoder and scale it was tested with.
     measure: what the deciding number is.
-    value: the deciding number and its interval.
+    value: the deciding number with its interval, or a number without one (an exact computation,
+        a count), or None where no number can decide (outcome "not reproducible here").
     baseline: what the number is read against, with that number.
     outcome: one of OUTCOMES.
     why: one sentence on how the outcome follows from the numbers (or why it cannot be tested here).
@@ -58,7 +61,7 @@ class Verdict:
     statement: str
     setting: str
     measure: str
-    value: Interval
+    value: Interval | float | None
     baseline: str
     outcome: str
     why: str
@@ -68,6 +71,8 @@ class Verdict:
     def __post_init__(self):
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome: expected one of {OUTCOMES}, got {self.outcome!r}")
+        if self.value is not None and not isinstance(self.value, Interval | int | float):
+            raise ValueError(f"value: expected an Interval or a number, got {self.value!r}")
         if self.claim not in CLAIMS:
             raise ValueError(f"claim: expected one of {CLAIMS}, got {self.claim!r}")
         if not self.key or not self.key.replace("-", "").replace("_", "").isalnum():
@@ -76,13 +81,24 @@ class Verdict:
             )
 
 
-def decide(value: Interval, threshold: float, *, higher: bool = True, margin: float = 0.0) -> str:
+def value_text(value: Interval | float | None) -> str:
+    """How a deciding number is written: 'estimate [low, high]', 3 significant digits, or 'none'."""
+    if value is None:
+        return "none"
+    return str(value) if isinstance(value, Interval) else f"{value:.3g}"
+
+
+def decide(
+    value: Interval | float, threshold: float, *, higher: bool = True, margin: float = 0.0
+) -> str:
     """The verdict a claim "value is above threshold" (or below, with higher=False) gets.
 
     reproduced: the whole interval lies beyond threshold + margin in the claimed direction;
     refuted: the whole interval lies on the other side of the threshold; partly: otherwise (the
     interval straddles the threshold, or the effect is real but smaller than `margin`).
     """
+    if not isinstance(value, Interval):
+        value = Interval(float(value), float(value), float(value))
     low, high = (value.low, value.high) if higher else (-value.high, -value.low)
     line = threshold if higher else -threshold
     if low > line + margin:
@@ -101,7 +117,7 @@ def records_table(records: list[Verdict]):
             {
                 "claim": r.claim,
                 "setting": r.setting,
-                "deciding number": f"{r.measure}: {r.value}",
+                "deciding number": f"{r.measure}: {value_text(r.value)}",
                 "baseline": r.baseline,
                 "verdict": r.outcome,
                 "why": r.why,
@@ -113,13 +129,15 @@ def records_table(records: list[Verdict]):
 
 def show(records: list[Verdict]) -> None:
     """Display a chapter's records (a table carrying the records as JSON for `collect`) and glue
-    each record's deciding number ("<chapter>-<key>-value") and verdict ("<chapter>-<key>-outcome")."""
+    each record's deciding number ("<chapter>-<key>-value"), verdict ("<chapter>-<key>-outcome") and
+    reason ("<chapter>-<key>-why") for the prose ({glue:text}`name`)."""
     from IPython.display import display
     from myst_nb import glue
 
     for record in records:
-        glue(f"{record.chapter}-{record.key}-value", str(record.value), display=False)
+        glue(f"{record.chapter}-{record.key}-value", value_text(record.value), display=False)
         glue(f"{record.chapter}-{record.key}-outcome", record.outcome, display=False)
+        glue(f"{record.chapter}-{record.key}-why", record.why, display=False)
     table = records_table(records).to_html(index=False, escape=True, classes="verdicts")
     payload = [_as_dict(r) for r in records]
     display({MIME: payload, "text/html": table, "text/plain": _plain(records)}, raw=True)
@@ -127,12 +145,15 @@ def show(records: list[Verdict]) -> None:
 
 def _as_dict(record: Verdict) -> dict:
     out = asdict(record)
-    out["value"] = asdict(record.value)
+    if isinstance(record.value, Interval):
+        out["value"] = asdict(record.value)
     return out
 
 
 def _plain(records: list[Verdict]) -> str:
-    return "\n".join(f"{r.claim}: {r.outcome} ({r.measure}: {r.value})" for r in records)
+    return "\n".join(
+        f"{r.claim}: {r.outcome} ({r.measure}: {value_text(r.value)})" for r in records
+    )
 
 
 def collect(notebooks: list[Path]) -> list[Verdict]:
@@ -142,7 +163,9 @@ def collect(notebooks: list[Path]) -> list[Verdict]:
         for cell in json.loads(Path(path).read_text())["cells"]:
             for output in cell.get("outputs", []):
                 for item in output.get("data", {}).get(MIME, []):
-                    found.append(Verdict(**{**item, "value": Interval(**item["value"])}))
+                    value = item["value"]
+                    value = Interval(**value) if isinstance(value, dict) else value
+                    found.append(Verdict(**{**item, "value": value}))
     return found
 
 
@@ -167,7 +190,8 @@ def scorecard(records: list[Verdict], claims: tuple[str, ...] = CLAIMS) -> str:
             link = (
                 f"{{ref}}`{r.chapter.replace('_', ' ')} <{r.section or r.chapter + '-verdicts'}>`"
             )
-            cells = [r.claim, f"**{r.outcome}**", f"{r.measure}: {r.value}", r.baseline, r.setting]
+            number = f"{r.measure}: {value_text(r.value)}"
+            cells = [r.claim, f"**{r.outcome}**", number, r.baseline, r.setting]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {link} |")
     others = [r for r in records if r.claim not in claims]
     if others:
@@ -179,3 +203,25 @@ def scorecard(records: list[Verdict], claims: tuple[str, ...] = CLAIMS) -> str:
 
 def _cell(text: str) -> str:
     return html.escape(text).replace("|", "\\|")
+
+
+SABOTAGES = ("flipped", "shuffled", "constant")
+
+
+def sabotage(scores: dict, kind: str, seed: int = 0) -> dict:
+    """The same scores {set: (n_s,)} broken one way, to show that a chapter's checks would catch it:
+    "flipped" (sign reversed), "shuffled" (permuted across all samples of all sets), "constant"."""
+    import numpy as np
+
+    if kind not in SABOTAGES:
+        raise ValueError(f"kind: expected one of {SABOTAGES}, got {kind!r}")
+    names = list(scores)
+    values = [np.asarray(scores[name], dtype=np.float64) for name in names]
+    if kind == "flipped":
+        broken = [-v for v in values]
+    elif kind == "constant":
+        broken = [np.zeros_like(v) for v in values]
+    else:
+        joined = np.random.default_rng(seed).permutation(np.concatenate(values))
+        broken = np.split(joined, np.cumsum([v.size for v in values])[:-1])
+    return dict(zip(names, broken, strict=True))

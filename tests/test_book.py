@@ -6,8 +6,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from jepabook import book
+from jepabook.devices import resolve_device
 
 
 def test_settings_and_scales():
@@ -17,7 +19,6 @@ def test_settings_and_scales():
         book.settings("huge", table)
     with pytest.raises(ValueError, match="missing"):
         book.settings("ci", {"ci": {}})
-    assert book.resolve_device("cpu").type == "cpu"
 
 
 def _executed_chapters(out: Path, nbval_chapters) -> list[Path]:
@@ -25,15 +26,15 @@ def _executed_chapters(out: Path, nbval_chapters) -> list[Path]:
     executes each chapter once), papermill for the chapters nbval did not run."""
     outputs, failed = nbval_chapters
     assert not failed, f"chapters with a failing cell under nbval: {sorted(p.name for p in failed)}"
-    by_name = {path.resolve().relative_to(book.ROOT): cells for path, cells in outputs.items()}
+    by_name = {path.resolve().relative_to(book.ROOT): run for path, run in outputs.items()}
     missing = [rel.stem for rel in book.chapter_files() if rel not in by_name]
     if missing:
         book.execute("ci", out, only=missing)
     out.mkdir(parents=True, exist_ok=True)
     for name in book.BOOK_FILES:
         (out / name).write_bytes((book.ROOT / name).read_bytes())
-    for rel, cells in by_name.items():
-        book.write_executed(book.ROOT / rel, cells, out / rel)
+    for rel, (notebook, cells) in by_name.items():
+        book.write_executed(notebook, cells, out / rel)
     return [out / rel for rel in book.chapter_files()]
 
 
@@ -93,3 +94,11 @@ def test_network_mathjax_is_flagged_and_the_bundled_copy_or_none_is_not():
     assert not book.loads_network_mathjax(bundled)
     assert not book.loads_network_mathjax(no_math)
     assert book.loads_network_mathjax(bundled + network)
+
+
+def test_resolve_device_names_a_missing_cuda():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="device: 'cuda' was asked for"):
+            resolve_device("cuda")

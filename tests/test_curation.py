@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from jepabook import curation as c
+from jepabook.chapters import curation as c
 from jepabook.datasets import ImageSet
 from jepabook.detectors import KNN, JepaScore, Sample
 from jepabook.probe import linear_probe

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from jepabook import detection_experiments as de
+from jepabook.chapters import outlier_detection as de
 
 
 def fake_scores(seed: int = 0) -> dict:
@@ -73,3 +73,17 @@ def test_with_intervals_formats_rows():
 def test_folder_samples_needs_an_in_distribution_set():
     with pytest.raises(ValueError, match="folders"):
         de.folder_samples(object(), {})
+
+
+def test_standing_counts_only_the_detectors_an_encoder_was_scored_with():
+    table = pd.DataFrame(
+        {
+            "encoder": ["e", "e", "e", "f", "f"],
+            "detector": ["a", "b", "multi", "a", "b"],
+            "set": ["A"] * 5,
+            "auroc": [0.9, 0.6, 0.7, 0.8, 0.85],
+        }
+    )
+    standing = de.standing(table, "b")
+    assert standing.loc["e", "of"] == 3 and standing.loc["f", "of"] == 2
+    assert standing.loc["f", "rank"] == 1

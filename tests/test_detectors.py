@@ -78,7 +78,7 @@ def test_embedding_norm_ranks_shrunken_embeddings_low():
 def linear_sample(A: torch.Tensor, x: torch.Tensor) -> d.Sample:
     encoder = nn.Linear(A.shape[1], A.shape[0], bias=False).double()
     encoder.weight.data = A
-    return d.embed(encoder, x)
+    return d.embed_sample(encoder, x)
 
 
 def test_change_of_variables_recovers_the_data_density_of_an_invertible_encoder():
@@ -105,7 +105,7 @@ def test_multi_view_is_minus_logmeanexp_of_the_views_and_one_view_of_identity_is
     torch.manual_seed(1)
     encoder = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     x = torch.randn(7, 5, dtype=torch.float64)
-    sample = d.embed(encoder, x)
+    sample = d.embed_sample(encoder, x)
 
     def jitter(inputs, generator):
         noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype)
@@ -115,7 +115,7 @@ def test_multi_view_is_minus_logmeanexp_of_the_views_and_one_view_of_identity_is
     generator = torch.Generator().manual_seed(3)
     views = torch.stack([jepa_score(encoder, jitter(x, generator)) for _ in range(4)])
     np.testing.assert_allclose(got, (-logmeanexp(-views, dim=0)).numpy(), rtol=1e-10)
-    same = d.MultiView(lambda inputs, generator: inputs, 1).score(d.embed(encoder, x))
+    same = d.MultiView(lambda inputs, generator: inputs, 1).score(d.embed_sample(encoder, x))
     np.testing.assert_allclose(same, d.JepaScore().score(sample), rtol=1e-12)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from jepabook import experiments
+from jepabook.chapters import gmm_density as experiments
 from jepabook.data import GaussianMixture
 from jepabook.flows import RosenblattMap
 
@@ -25,13 +25,13 @@ def one_thread():
 def test_residual_encoder_starts_as_the_whitening_map():
     mixture = GaussianMixture.random(3, 4, seed=0)
     data = mixture.sample(2000, seed=1)
-    encoder = experiments.build_encoder(data, 3, gain=0.0)
+    encoder = experiments.build_gmm_encoder(data, 3, gain=0.0)
     z = encoder(data).detach().double()
     assert torch.allclose(z.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(torch.cov(z.T), torch.eye(3, dtype=torch.float64), atol=1e-3)
-    assert experiments.fold_fraction(experiments.build_encoder(data, 3), data[:200]) == 0.0
+    assert experiments.fold_fraction(experiments.build_gmm_encoder(data, 3), data[:200]) == 0.0
     with pytest.raises(ValueError, match="architecture"):
-        experiments.build_encoder(data, 3, architecture="transformer")
+        experiments.build_gmm_encoder(data, 3, architecture="transformer")
 
 
 class Fold(nn.Module):

@@ -9,17 +9,16 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jepabook import image_experiments, image_jepa
+from jepabook import image_jepa
 from jepabook.backbones import load_backbone
+from jepabook.chapters import extremes as ex
+from jepabook.chapters import images as img
+from jepabook.chapters import out_of_domain as ood
+from jepabook.chapters import singular_vectors as sv
+from jepabook.chapters.extremes import agreement, extremes, tail_overlap, within_class_spearman
+from jepabook.chapters.images import per_class
+from jepabook.chapters.singular_vectors import singular_vectors
 from jepabook.datasets import ImageSet
-from jepabook.image_experiments import (
-    agreement,
-    extremes,
-    per_class,
-    singular_vectors,
-    tail_overlap,
-    within_class_spearman,
-)
 from jepabook.losses import VectorViews
 from jepabook.metrics import auroc, bootstrap_auroc
 from jepabook.models import MLP, SmallCNN
@@ -212,7 +211,7 @@ def test_singular_vectors_of_a_linear_encoder_are_its_svd():
 
 
 def test_out_of_domain_sets_hold_the_control_and_seven_sets():
-    sets = image_experiments.out_of_domain_sets("fashion-mnist", 20, seed=0, skip=100)
+    sets = ood.out_of_domain_sets("fashion-mnist", 20, seed=0, skip=100)
     assert list(sets)[0] == "Fashion-MNIST (other held-out images)" and "MNIST" in sets
     assert {"galaxies", "faces", "natural patches", "inverted", "edges", "rotated"} <= set(sets)
     assert all(s.images.shape[1:] == (1, 28, 28) and 0 < len(s) <= 20 for s in sets.values())
@@ -221,10 +220,10 @@ def test_out_of_domain_sets_hold_the_control_and_seven_sets():
         sets["Fashion-MNIST (other held-out images)"].images, held_out.images[100:120]
     )
     assert torch.allclose(sets["inverted"].images, 1 - held_out.images[120:140])
-    mirror = image_experiments.out_of_domain_sets("mnist", 10)
+    mirror = ood.out_of_domain_sets("mnist", 10)
     assert "Fashion-MNIST" in mirror and len(image_jepa.held_out_images("mnist")) == 2000
     with pytest.raises(ValueError, match="in_domain"):
-        image_experiments.out_of_domain_sets("cifar", 10)
+        ood.out_of_domain_sets("cifar", 10)
 
 
 def test_scoring_sets_folders_and_spectra_of_a_small_encoder(tmp_path):
@@ -236,12 +235,12 @@ def test_scoring_sets_folders_and_spectra_of_a_small_encoder(tmp_path):
     meta = {"mean": 0.3, "std": 0.35, "architecture": "cnn", "arch_kwargs": arch}
     trained = image_jepa.TrainedEncoder("toy", encoder, meta, None, tmp_path / "toy.pt")
     images = ImageSet("toy", torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"])
-    scores = image_experiments.score_sets(trained, {"toy": images}, progress=False)["toy"]
+    scores = img.score_sets(trained, {"toy": images}, progress=False)["toy"]
     expected = jepa_score(encoder, trained.inputs(images)).numpy()
     assert np.allclose(scores, expected, rtol=1e-6)
-    stats = image_experiments.spectrum_statistics({"toy": trained}, images.subset(slice(0, 2)), k=3)
+    stats = sv.spectrum_statistics({"toy": trained}, images.subset(slice(0, 2)), k=3)
     assert stats.score_error.max() < 1e-5 and len(stats) == 2
-    control = image_experiments.untrained_like(trained, images, seed=1)
+    control = image_jepa.untrained_like(trained, images, seed=1)
     assert control.history is None and not torch.equal(
         control.encoder(trained.inputs(images)), encoder(trained.inputs(images))
     )
@@ -251,18 +250,18 @@ def test_scoring_sets_folders_and_spectra_of_a_small_encoder(tmp_path):
             Image.fromarray(np.uint8(np.random.default_rng(i).random((30, 40, 3)) * 255)).save(
                 tmp_path / "folder" / label / f"{i}.png"
             )
-    paths, labels, classes = image_experiments.folder_images(tmp_path / "folder", per_class=2)
+    paths, labels, classes = img.folder_images(tmp_path / "folder", per_class=2)
     assert classes == ["cat", "dog"] and list(labels) == [0, 0, 1, 1]
-    assert image_experiments.thumbnails_of(paths, 16).shape == (4, 16, 16, 3)
+    assert img.thumbnails_of(paths, 16).shape == (4, 16, 16, 3)
     path = save_checkpoint(
         tmp_path / "toy.pt",
         encoder,
         meta={"image_size": 28, "in_channels": 1, **meta},
     )
     backbone = load_backbone("fmnist-cnn", weights=path)
-    assert image_experiments.score_paths(backbone, paths, progress=False).shape == (4,)
+    assert img.score_paths(backbone, paths, progress=False).shape == (4,)
     with pytest.raises(ValueError, match="image_dir"):
-        image_experiments.folder_images(tmp_path / "missing")
+        img.folder_images(tmp_path / "missing")
 
 
 def test_support_fraction_and_agreement_by_kind():
@@ -271,12 +270,12 @@ def test_support_fraction_and_agreement_by_kind():
     vectors = torch.zeros(2, 1, 4, 4)
     vectors[0, 0, 0, 0] = 1.0  # all energy on the support
     vectors[1] = 0.25  # spread evenly: energy share = pixel share
-    assert np.allclose(image_experiments.support_fraction(vectors, image), [1.0, 0.5])
-    assert image_experiments.support_share(image) == 0.5
+    assert np.allclose(sv.support_fraction(vectors, image), [1.0, 0.5])
+    assert sv.support_share(image) == 0.5
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(2), 30)
     table = agreement({n: rng.normal(size=60) for n in ("a", "b", "c")}, labels)
-    grouped = image_experiments.agreement_by_kind(table, {"a": "JEPA", "b": "JEPA", "c": "ink"})
+    grouped = ex.agreement_by_kind(table, {"a": "JEPA", "b": "JEPA", "c": "ink"})
     assert set(grouped.index) == {"JEPA / ink", "JEPA / JEPA"}
     assert grouped.loc["JEPA / JEPA", "spearman"] == table.iloc[0].spearman
 
@@ -300,9 +299,9 @@ def test_partial_spearman_removes_what_the_controls_explain():
     own = rng.normal(size=400)
     a, b = ink + 0.1 * rng.normal(size=400), ink + 0.1 * rng.normal(size=400)
     assert within_class_spearman(a, b, labels) > 0.9
-    assert abs(image_experiments.partial_spearman(a, b, [ink], labels)) < 0.15  # all of it was ink
+    assert abs(ex.partial_spearman(a, b, [ink], labels)) < 0.15  # all of it was ink
     c, d = ink + own, ink + own + 0.1 * rng.normal(size=400)
-    assert image_experiments.partial_spearman(c, d, [ink], labels) > 0.8  # a shared part beyond ink
+    assert ex.partial_spearman(c, d, [ink], labels) > 0.8  # a shared part beyond ink
     table = agreement({"c": c, "d": d, "ink": ink}, labels, controls={"ink": ink})
     row = table.set_index("pair")
     assert row.loc["c / d", "partial_spearman"] > 0.8 and np.isnan(

@@ -7,8 +7,10 @@ import torch
 
 from jepabook import jepa_score
 from jepabook import langevin as L
+from jepabook.chapters import langevin as LC
 from jepabook.data import GaussianMixture
-from jepabook.flows import Affine, RosenblattMap, log_standard_normal
+from jepabook.density import log_standard_normal
+from jepabook.flows import Affine, RosenblattMap
 from jepabook.metrics import bandwidth_ladder, mmd2_unbiased
 from jepabook.models import MLP
 
@@ -118,10 +120,10 @@ def test_true_score_sampler_recovers_the_mixture_and_broken_scores_do_not(mixtur
     for name, score in {
         "true": mixture.score,
         "wrong sign": lambda x: -mixture.score(x),
-        "shuffled": L.shuffled_score(mixture.score),
+        "shuffled": LC.shuffled_score(mixture.score),
     }.items():
         x = L.langevin(score, x0, schedule, seed=6, max_drift=1.0)
-        results[name] = (mmd2_unbiased(x, ref, bw), L.weight_error(mixture, x, ref))
+        results[name] = (mmd2_unbiased(x, ref, bw), LC.weight_error(mixture, x, ref))
     floor = mmd2_unbiased(mixture.sample(600, seed=7), ref, bw)
     assert results["true"][0] < 3 * abs(floor) + 2e-3 and results["true"][1] < 0.08, results
     for name in ("wrong sign", "shuffled"):
@@ -129,10 +131,10 @@ def test_true_score_sampler_recovers_the_mixture_and_broken_scores_do_not(mixtur
 
 
 def test_mode_weights(mixture):
-    assert L.assign_modes(mixture, mixture.means).tolist() == list(range(mixture.n_components))
-    w = L.mode_weights(mixture, mixture.sample(5000, seed=8))
+    assert LC.assign_modes(mixture, mixture.means).tolist() == list(range(mixture.n_components))
+    w = LC.mode_weights(mixture, mixture.sample(5000, seed=8))
     assert float(w.sum()) == pytest.approx(1.0)
     assert (
         float((w - mixture.weights).abs().max()) < 0.08
     )  # hard assignment is close to the weights
-    assert L.weight_error(mixture, mixture.means, mixture.means) == 0.0
+    assert LC.weight_error(mixture, mixture.means, mixture.means) == 0.0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jepabook import image_jepa, shipped
+from jepabook.chapters import encoders
 from jepabook.losses import VectorViews
 from jepabook.models import MLP
 from jepabook.probe import (
@@ -154,7 +155,7 @@ def test_the_shipped_fmnist_cnn_learned_beyond_random_weights_and_is_not_below_p
     neighbours and the first 2,000 test images is above the same network at random (the paired
     difference's interval above 0.1) and not below raw pixels (its interval reaches 0 or above; the
     encoders chapter shows it level with pixels under the full protocol)."""
-    outcome = image_jepa.knn_against_baselines(image_jepa.load_shipped("fmnist-cnn"))
+    outcome = encoders.knn_against_baselines(image_jepa.load_shipped("fmnist-cnn"))
     learned = outcome["JEPA"]
     random = paired_accuracy_difference(learned, outcome["random weights"])
     assert random.low > 0.1, (learned.mean(), outcome["random weights"].mean())
@@ -165,13 +166,13 @@ def test_the_shipped_fmnist_cnn_learned_beyond_random_weights_and_is_not_below_p
 def test_summary_and_learning_curves_read_what_ship_wrote(ci_shipped, monkeypatch):
     folder, entry = ci_shipped
     monkeypatch.setenv("JEPABOOK_ENCODERS", str(folder))
-    summary = image_jepa.shipped_summary({"MNIST": "mnist-cnn"})
+    summary = encoders.shipped_summary({"MNIST": "mnist-cnn"})
     assert summary.loc["MNIST", "steps"] == 40
     assert summary.loc["MNIST", "linear (output)"].startswith(
         f"{entry['probes']['output']['linear'][0]:.3f}"
     )
-    curves = image_jepa.learning_curves({"MNIST": "mnist-cnn"}, scale="ci")
+    curves = encoders.learning_curves({"MNIST": "mnist-cnn"}, scale="ci")
     assert set(curves.metric) == {"held_out_sigreg", "knn", "knn_backbone", "train_regulariser"}
     assert curves.step.max() == 39 and curves.epoch.max() == pytest.approx(40 * 64 / 2000)
     with pytest.raises(ValueError, match="rows: fmnist-vit"):
-        image_jepa.shipped_summary({"ViT": "fmnist-vit"})
+        encoders.shipped_summary({"ViT": "fmnist-vit"})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from jepabook import sphere
+from jepabook.chapters import lemma1_sphere as sphere
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 17, 40, 63, 64, 65, 200])
@@ -86,11 +86,11 @@ def test_projection_law_special_cases():
 
 
 def test_random_directions_are_unit_and_repeatable():
-    v = sphere.random_directions(50, 6, seed=3)
+    v = sphere.fixed_directions(50, 6, seed=3)
     assert v.shape == (50, 6)
     np.testing.assert_allclose(np.linalg.norm(v.numpy(), axis=0), 1, rtol=1e-12)
-    np.testing.assert_array_equal(v.numpy(), sphere.random_directions(50, 6, seed=3).numpy())
-    assert not np.allclose(v.numpy(), sphere.random_directions(50, 6, seed=4).numpy())
+    np.testing.assert_array_equal(v.numpy(), sphere.fixed_directions(50, 6, seed=3).numpy())
+    assert not np.allclose(v.numpy(), sphere.fixed_directions(50, 6, seed=4).numpy())
 
 
 def test_sampler_shapes_repeatability_and_bad_input():

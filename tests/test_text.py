@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from jepabook import datasets, text
+from jepabook import datasets
+from jepabook.chapters import text_encoder as text
 from jepabook.datasets import DataUnavailable, FetchError, fortune_topics, fortunes, parse_fortunes
 from jepabook.score import reference_jepa_score
 

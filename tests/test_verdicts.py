@@ -85,3 +85,11 @@ def test_records_table_has_one_row_per_record():
     table = verdicts.records_table([_record(), _record(key="b", outcome="partly")])
     assert list(table["verdict"]) == ["reproduced", "partly"]
     assert table["deciding number"][0] == "AUROC: 0.800 [0.700, 0.900]"
+
+
+def test_an_exact_number_is_a_value_too_and_survives_the_round_trip(tmp_path: Path):
+    record = _record(value=3.2e-14, measure="largest |error|")
+    assert verdicts.value_text(record.value) == "3.2e-14"
+    assert verdicts.collect([_notebook_with([record], tmp_path / "a.ipynb")]) == [record]
+    with pytest.raises(ValueError, match="value"):
+        _record(value="0.5")

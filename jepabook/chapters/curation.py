@@ -29,10 +29,23 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from jepabook.chapters.images import score_sets
 from jepabook.datasets import ImageSet, _seed
-from jepabook.detectors import Detector, JepaScore, MultiView, Sample, cross_fit_scores
-from jepabook.metrics import Interval
+from jepabook.detectors import (
+    KNN,
+    Detector,
+    JepaScore,
+    MultiView,
+    Sample,
+    cross_fit_scores,
+    embed_sample,
+)
+from jepabook.devices import resolve_device
+from jepabook.image_jepa import train_on_images
+from jepabook.metrics import Interval, bootstrap_auroc, format_interval, interval_strings
+from jepabook.plots import figure, image_strip, label_panels
 from jepabook.probe import probe_correct
+from jepabook.verdicts import Verdict, decide
 
 CLEAN = "clean"
 PROBLEMS = ("corrupted", "off-domain", "near-duplicate")
@@ -602,7 +615,6 @@ def pruning_rankings(
     jepa_scores (n,): JEPA-SCORE of the set's n images; sample: their embeddings (n, K), from which
     the k-NN score is cross-fitted (`self_scores`, `folds` folds). Lowest = least likely.
     """
-    from jepabook.detectors import KNN
 
     rankings = {"JEPA-SCORE": np.asarray(jepa_scores)}
     rankings["k-NN"] = self_scores([KNN(k)], sample, folds=folds, seed=seed)[f"k-NN (k={k})"]
@@ -685,7 +697,6 @@ def retrain_encoders(
     images: ImageSet, keeps: dict[str, np.ndarray], recipe: str, scale: str, **train_kwargs
 ) -> dict:
     """{name: encoder trained from scratch on images[keep]} (`train_on_images`, same recipe)."""
-    from jepabook.image_jepa import train_on_images
 
     return {
         name: train_on_images(images.subset(torch.as_tensor(keep)), recipe, scale, **train_kwargs)
@@ -695,7 +706,6 @@ def retrain_encoders(
 
 def _auroc_rows(name: str, by_score: dict, ood_names: Sequence[str], n_boot: int, seed: int):
     """AUROC rows of one encoder: by_score {score: {set: (n_set,)}}, "in-domain" against each."""
-    from jepabook.metrics import bootstrap_auroc
 
     rows = []
     for score_name, values in by_score.items():
@@ -708,7 +718,7 @@ def _auroc_rows(name: str, by_score: dict, ood_names: Sequence[str], n_boot: int
 
 def _retrained_table(aurocs: pd.DataFrame, keeps: dict, accuracy: dict) -> pd.DataFrame:
     """Encoder x (images, probe accuracy, "AUROC [low, high]" per column)."""
-    cells = aurocs.apply(lambda r: f"{r.auroc:.2f} [{r.low:.2f}, {r.high:.2f}]", axis=1)
+    cells = interval_strings(aurocs, "auroc", "low", "high")
     table = (
         aurocs.assign(cell=cells)
         .pivot(index="encoder", columns="column", values="cell")
@@ -742,9 +752,6 @@ def retrain_and_measure(
     kept images' embeddings) separating "in-domain" from each out-of-domain set. Trains and embeds
     on `device` ("auto": CUDA when present).
     """
-    from jepabook.book import resolve_device
-    from jepabook.detectors import KNN, embed
-    from jepabook.image_experiments import score_sets
 
     encoders = retrain_encoders(
         images, keeps, recipe, scale, device=device, **(train_options or {})
@@ -753,14 +760,16 @@ def retrain_and_measure(
     correct, accuracy, auroc_rows = {}, {}, []
     for name, enc in encoders.items():
         enc.encoder.to(resolve_device(device))
-        fit = embed(enc.encoder, enc.inputs(images)).embeddings
-        held = embed(enc.encoder, enc.inputs(test)).embeddings
+        fit = embed_sample(enc.encoder, enc.inputs(images)).embeddings
+        held = embed_sample(enc.encoder, enc.inputs(test)).embeddings
         correct[name] = probe_correct(fit, labels, held, test_labels)
         accuracy[name] = correct[name].mean()
         knn = KNN(k).fit(Sample(fit[keeps[name]]))
         by_score = {
             "JEPA-SCORE": score_sets(enc, ood_sets, progress=False),
-            "k-NN": {s: knn.score(embed(enc.encoder, enc.inputs(x))) for s, x in ood_sets.items()},
+            "k-NN": {
+                s: knn.score(embed_sample(enc.encoder, enc.inputs(x))) for s, x in ood_sets.items()
+            },
         }
         auroc_rows += _auroc_rows(name, by_score, ood_names, n_boot, seed)
     aurocs = pd.DataFrame(auroc_rows)
@@ -769,6 +778,18 @@ def retrain_and_measure(
 
 
 # ---------------------------------------------------------------- verdicts
+
+
+def precision_cells(at_k: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Detector x problem table of 'precision [interval]' (rows of `precision_table` at one k), with
+    the random ranking's expected precision as the last row."""
+    cells = at_k.assign(cell=interval_strings(at_k, "precision", "low", "high"))
+    out = cells.pivot(index="detector", columns="problem", values="cell")
+    out = out.loc[list(names), list(PROBLEMS)]
+    chance = at_k.drop_duplicates("problem").set_index("problem")
+    out.loc["random ranking (expected)"] = interval_strings(chance, "random")
+    out.columns = [f"{p} (k={chance.k[p]}, {chance.direction[p]} first)" for p in out.columns]
+    return out
 
 
 def problem_verdicts(at_k: pd.DataFrame) -> dict[str, tuple[str, str]]:
@@ -791,7 +812,7 @@ def problem_verdicts(at_k: pd.DataFrame) -> dict[str, tuple[str, str]]:
         best_p = f"{best} {rows.precision[best]:.2f}"
         line = (
             f"  {problem} ({jepa.k} to find among the {jepa.direction} scores): JEPA-SCORE finds "
-            f"{round(jepa.precision * jepa.k)} (precision {jepa.precision:.2f} [{jepa.low:.2f}, {jepa.high:.2f}]),"
+            f"{round(jepa.precision * jepa.k)} (precision {format_interval(*jepa[['precision', 'low', 'high']], 2)}),"
             f" {against_random} a random ranking ({jepa.random:.2f}); best: {best_p}"
             f" [{rows.low[best]:.2f}, {rows.high[best]:.2f}];"
             f" {len(clearly_better)} of {len(rows) - 1} other scores clearly better"
@@ -903,8 +924,6 @@ def problem_strip(ax, images, kinds, *, title: str = "") -> None:
     """Images (n, H, W) side by side, each framed in the colour of its kind (PROBLEM_COLOURS)."""
     from matplotlib.patches import Rectangle
 
-    from jepabook.plots import image_strip
-
     images = np.asarray(images)
     kinds = list(kinds)
     if len(kinds) != len(images):
@@ -967,10 +986,84 @@ def pruning_figure(
     """Two panels: (a) probe accuracy per removed fraction (`pruning_summary`), each ranking
     against random removal (mean ± 2 sd) and no removal; (b) each retrained encoder's
     out-of-domain AUROCs with intervals. Returns (fig, axes)."""
-    from jepabook.plots import figure, label_panels
 
     fig, axes = figure(2, 1, width=4.6, height=3.3)
     _probe_panel(axes[0], summary, rankings, unpruned)
     _auroc_panel(axes[1], retrained.aurocs, list(retrained.encoders), rankings, fraction)
     label_panels(axes)
     return fig, axes
+
+
+PROBLEM_IMAGES = ("corrupted", "off-domain")  # the kinds a density should put low
+
+
+def check(scores: np.ndarray, kind: np.ndarray, *, n_boot: int = 200) -> Interval:
+    """The chapter's headline, asserted at every scale: under the fully trained JEPA, corrupted and
+    off-domain images get a lower JEPA-SCORE than the clean ones, AUROC interval above 0.6. A
+    sign-flipped, shuffled or constant score fails it (tests/test_verdicts_sabotage.py)."""
+    scores, kind = np.asarray(scores, dtype=np.float64), np.asarray(kind)
+    auroc = bootstrap_auroc(
+        scores[kind == CLEAN], scores[np.isin(kind, PROBLEM_IMAGES)], n_boot=n_boot, seed=0
+    )
+    assert auroc.low > 0.6, f"problem vs clean images AUROC {auroc}: interval not above 0.6"
+    return auroc
+
+
+def curation_verdicts(
+    scores: dict[str, np.ndarray],
+    kind: np.ndarray,
+    at_k: pd.DataFrame,
+    *,
+    setting: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Verdict]:
+    """The chapter's claims as verdict records, for one encoder's scores {detector: (n,)} of the
+    contaminated set (labels `kind`) and its precision table at k (`precision_table` rows).
+
+    - the least likely images are the problem images: AUROC of clean vs corrupted and off-domain
+      images under JEPA-SCORE (reproduced when its interval lies above 0.55), k-NN beside it;
+    - per problem kind, JEPA-SCORE's precision at k against the random ranking's (reproduced when its
+      interval lies above the random ranking's 95% upper bound).
+    """
+    kind = np.asarray(kind)
+    clean, problems = kind == CLEAN, np.isin(kind, PROBLEM_IMAGES)
+
+    def auroc(name: str) -> Interval:
+        values = np.asarray(scores[name], dtype=np.float64)
+        return bootstrap_auroc(values[clean], values[problems], n_boot=n_boot, seed=seed)
+
+    value, knn = auroc("JEPA-SCORE"), auroc("k-NN (k=10)")
+    records = [
+        Verdict(
+            key="ranking",
+            claim="curation",
+            statement="ranking a data set by JEPA-SCORE puts its corrupted and off-domain images last",
+            setting=setting,
+            measure="AUROC, clean vs corrupted and off-domain images",
+            value=value,
+            baseline=f"chance 0.5; k-NN on the same embeddings {knn}",
+            outcome=decide(value, 0.5, margin=0.05),
+            why=f"{int(clean.sum())} clean and {int(problems.sum())} problem images",
+            chapter="curation",
+        )
+    ]
+    jepa = at_k[at_k.detector == "JEPA-SCORE"].set_index("problem")
+    for problem in PROBLEMS:
+        row = jepa.loc[problem]
+        precision = Interval(float(row.precision), float(row.low), float(row.high))
+        records.append(
+            Verdict(
+                key=problem,
+                claim="curation",
+                statement=f"JEPA-SCORE finds the {problem} images of a data set",
+                setting=setting,
+                measure=f"precision among the {row.k} {row.direction} JEPA-SCOREs",
+                value=precision,
+                baseline=f"a random ranking: {format_interval(row.random, row.random_low, row.random_high, 2)}",
+                outcome=decide(precision, float(row.random_high)),
+                why=f"{round(row.precision * row.k)} of {row.k} found",
+                chapter="curation",
+            )
+        )
+    return records

