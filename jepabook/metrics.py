@@ -35,6 +35,16 @@ class Interval:
         return format_interval(self.estimate, self.low, self.high)
 
 
+def sides(intervals: dict, at: float = 0.5) -> dict[str, list]:
+    """Which intervals {name: Interval} lie wholly "above" `at`, wholly "below" it, or "across" it:
+    e.g. the out-of-domain sets that score lower (AUROC above 0.5) and those inverted (below)."""
+    out = {"above": [], "below": [], "across": []}
+    for name, interval in intervals.items():
+        side = "above" if interval.low > at else "below" if interval.high < at else "across"
+        out[side].append(name)
+    return out
+
+
 def format_interval(estimate: float, low: float, high: float, digits: int = 3) -> str:
     """'0.834 [0.827, 0.842]': an estimate and its interval, as the book prints them everywhere."""
     return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -335,6 +345,22 @@ def detection_metrics(
         low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
         result[name] = Interval(float(point), float(low), float(high))
     return result
+
+
+def auroc_rows(
+    inliers, outliers: dict, *, n_boot: int = 1000, seed: int = 0, **labels
+) -> list[dict]:
+    """One row per out-of-domain set: labels, "set", "auroc", "auroc_low", "auroc_high" (AUROC of
+    inliers (n,) against the set (m_s,), higher score = inlier, with a bootstrap interval). The one
+    layout of AUROC tables in the book (the detector tables add AUPR and FPR95 the same way)."""
+    rows = []
+    for name, values in outliers.items():
+        interval = bootstrap_auroc(inliers, values, n_boot=n_boot, seed=seed)
+        rows.append(
+            {**labels, "set": name, "auroc": interval.estimate,
+             "auroc_low": interval.low, "auroc_high": interval.high}
+        )  # fmt: skip
+    return rows
 
 
 def bootstrap_mean_auroc(

@@ -337,8 +337,8 @@ def test_verdict_lines_of_a_hand_made_retraining():
         names[2]: np.array([1, 0, 0, 0], bool),
     }
     aurocs = pd.DataFrame(
-        [{"encoder": n, "column": "JEPA-SCORE AUROC · MNIST", "auroc": a, "low": a - 0.1,
-          "high": a + 0.1} for n, a in zip(names, [0.7, 0.8, 0.6], strict=True)]
+        [{"encoder": n, "column": "JEPA-SCORE AUROC · MNIST", "auroc": a,
+          "auroc_low": a - 0.1, "auroc_high": a + 0.1} for n, a in zip(names, [0.7, 0.8, 0.6], strict=True)]
     )  # fmt: skip
     accuracy = {n: v.mean() for n, v in correct.items()}
     keeps = dict.fromkeys(names, np.ones(4, bool))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jepabook.metrics import Interval, bootstrap_correlation, bootstrap_indices, correlation
+from jepabook.metrics import Interval, bootstrap_correlation, bootstrap_indices, correlation, sides
 
 
 def noisy(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,3 +62,10 @@ def test_bad_inputs_are_named():
         correlation(np.arange(4.0), np.arange(4.0), "kendall")
     with pytest.raises(ValueError, match="level"):
         bootstrap_correlation(np.arange(4.0), np.arange(4.0), level=95)
+
+
+def test_sides_sorts_intervals_by_where_they_lie_against_a_value():
+    found = sides(
+        {"a": Interval(0.8, 0.7, 0.9), "b": Interval(0.2, 0.1, 0.3), "c": Interval(0.5, 0.4, 0.6)}
+    )
+    assert found == {"above": ["a"], "below": ["b"], "across": ["c"]}

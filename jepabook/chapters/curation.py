@@ -42,7 +42,13 @@ from jepabook.detectors import (
 )
 from jepabook.devices import resolve_device
 from jepabook.image_jepa import train_on_images
-from jepabook.metrics import Interval, bootstrap_auroc, format_interval, interval_strings
+from jepabook.metrics import (
+    Interval,
+    auroc_rows,
+    bootstrap_auroc,
+    format_interval,
+    interval_strings,
+)
 from jepabook.plots import figure, image_strip, label_panels
 from jepabook.probe import probe_correct
 from jepabook.verdicts import Verdict, decide
@@ -706,19 +712,17 @@ def retrain_encoders(
 
 def _auroc_rows(name: str, by_score: dict, ood_names: Sequence[str], n_boot: int, seed: int):
     """AUROC rows of one encoder: by_score {score: {set: (n_set,)}}, "in-domain" against each."""
-
     rows = []
     for score_name, values in by_score.items():
-        for s in ood_names:
-            interval = bootstrap_auroc(values["in-domain"], values[s], n_boot=n_boot, seed=seed)
-            rows.append({"encoder": name, "column": f"{score_name} AUROC · {s}",
-                         "auroc": interval.estimate, "low": interval.low, "high": interval.high})  # fmt: skip
+        sets = {f"{score_name} AUROC · {s}": values[s] for s in ood_names}
+        for row in auroc_rows(values["in-domain"], sets, n_boot=n_boot, seed=seed, encoder=name):
+            rows.append({"column": row.pop("set"), **row})
     return rows
 
 
 def _retrained_table(aurocs: pd.DataFrame, keeps: dict, accuracy: dict) -> pd.DataFrame:
     """Encoder x (images, probe accuracy, "AUROC [low, high]" per column)."""
-    cells = interval_strings(aurocs, "auroc", "low", "high")
+    cells = interval_strings(aurocs, "auroc")
     table = (
         aurocs.assign(cell=cells)
         .pivot(index="encoder", columns="column", values="cell")
@@ -963,7 +967,7 @@ def _auroc_panel(
     for j, name in enumerate(names):
         rows = aurocs[aurocs.encoder == name].set_index("column").loc[columns]
         y = np.arange(len(columns)) + 0.12 * (j - (len(names) - 1) / 2)
-        ax.errorbar(rows.auroc, y, xerr=[rows.auroc - rows.low, rows.high - rows.auroc],
+        ax.errorbar(rows.auroc, y, xerr=[rows.auroc - rows.auroc_low, rows.auroc_high - rows.auroc],
                     fmt="o", ms=4, capsize=2, color=colours.get(name, "grey"), label=name)  # fmt: skip
     ax.axvline(0.5, color="black", lw=0.8, ls=":")
     ax.set_yticks(range(len(columns)), [c.replace(" AUROC · ", "\n") for c in columns])

@@ -12,7 +12,7 @@ from jepabook import datasets
 from jepabook.image_jepa import (
     held_out_images,
 )
-from jepabook.metrics import Interval, bootstrap_auroc, bootstrap_mean_auroc
+from jepabook.metrics import Interval, auroc_rows, bootstrap_auroc, bootstrap_mean_auroc, sides
 from jepabook.verdicts import Verdict, decide
 
 IN_DOMAIN_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
@@ -60,17 +60,14 @@ def auroc_table(
     """AUROC of separating in-distribution from each out-of-domain set by the score (higher = inlier).
 
     inliers: {encoder: (n,) scores}; outliers: {encoder: {set: (m,) scores}}.
-    Returns one row per (encoder, set) with the AUROC and its bootstrap interval.
+    Returns one row per (encoder, set): auroc, auroc_low, auroc_high (`metrics.auroc_rows`).
     """
 
-    rows = []
-    for encoder, sets in outliers.items():
-        for name, values in sets.items():
-            interval = bootstrap_auroc(inliers[encoder], values, n_boot=n_boot, seed=seed)
-            rows.append(
-                {"encoder": encoder, "set": name, "auroc": interval.estimate,
-                 "low": interval.low, "high": interval.high}
-            )  # fmt: skip
+    rows = [
+        row
+        for encoder, sets in outliers.items()
+        for row in auroc_rows(inliers[encoder], sets, n_boot=n_boot, seed=seed, encoder=encoder)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -126,8 +123,8 @@ def figure3_verdicts(
         s: bootstrap_auroc(in_scores[converged], v, n_boot=n_boot, seed=seed)
         for s, v in out_scores[converged].items()
     }
-    lower = [s for s, a in per_set.items() if a.low > 0.5]
-    higher = [s for s, a in per_set.items() if a.high < 0.5]
+    side = sides(per_set)
+    lower, higher = side["above"], side["below"]
     value = mean(converged)
     outcome = decide(value, 0.5, margin=0.05)
     if outcome == "reproduced" and higher:

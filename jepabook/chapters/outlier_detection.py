@@ -16,6 +16,7 @@ from jepabook.metrics import (
     bootstrap_mean_auroc,
     interval_strings,
     paired_difference,
+    sides,
 )
 from jepabook.plots import DIVERGING_CMAP
 from jepabook.verdicts import Verdict, decide
@@ -236,7 +237,7 @@ def outlier_verdicts(
     per_set = {
         s: bootstrap_auroc(jepa_in, v, n_boot=n_boot, seed=seed) for s, v in jepa_out.items()
     }
-    inverted = [s for s, a in per_set.items() if a.high < 0.5]
+    inverted = sides(per_set)["below"]
     outcome = decide(value, 0.5, margin=0.05)
     if outcome == "reproduced" and inverted:
         outcome = "partly"
