@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -13,6 +14,7 @@ from jepabook.data import GaussianMixture
 from jepabook.density import change_of_variables
 from jepabook.langevin import Estimator, Schedule, ScoreFn, langevin
 from jepabook.metrics import energy_distance, mmd2_unbiased
+from jepabook.plots import DENSITY_CMAP, figure, label_panels
 
 
 def shuffled_score(score: ScoreFn, seed: int = 0) -> ScoreFn:
@@ -109,3 +111,85 @@ def run_samplers(
             )
             seconds[score_name, schedule_name] = time.perf_counter() - start
     return samples, seconds
+
+
+FLOOR = "noise floor: true vs true (95%)"
+
+
+def sampler_table(
+    mixture: GaussianMixture,
+    samples: dict[tuple[str, str], torch.Tensor],
+    seconds: dict[tuple[str, str], float],
+    reference: torch.Tensor,
+    bandwidths: torch.Tensor,
+    floor: dict[str, torch.Tensor],
+    true_score: str = "(a) true score",
+) -> pd.DataFrame:
+    """One row per (score, schedule): MMD^2, energy distance, per-mode weight TV and seconds against
+    `reference`, a last row for the noise floor (95% quantile of `floor`, see `noise_floor`), MMD,
+    and per schedule MMD / max(MMD of the true-score sampler, the floor's MMD)."""
+    rows = {
+        key: {**sample_distances(mixture, x, reference, bandwidths), "seconds": seconds[key]}
+        for key, x in samples.items()
+    }
+    table = pd.DataFrame(rows).T
+    table.index.names = ["score", "schedule"]
+    floor_mmd2 = float(floor["mmd2"].quantile(0.95))
+    table.loc[(FLOOR, "-"), :] = [
+        floor_mmd2,
+        float(floor["energy"].quantile(0.95)),
+        float(floor["weight_tv"].quantile(0.95)),
+        0.0,
+    ]
+    table["MMD"] = table["mmd2"].clip(lower=0) ** 0.5
+    for schedule in dict.fromkeys(s for _, s in samples):
+        resolved = max(table.loc[(true_score, schedule), "MMD"], floor_mmd2**0.5)
+        rows_of = (slice(None), schedule)
+        table.loc[rows_of, "MMD / max(true, floor)"] = table.loc[rows_of, "MMD"] / resolved
+    return table
+
+
+def density_and_samples_figure(
+    mixture: GaussianMixture,
+    grid,
+    box,
+    learned: dict[str, torch.Tensor],
+    history,
+    samples: dict[tuple[str, str], torch.Tensor],
+    reference: torch.Tensor,
+    names: list[str],
+    resolution: int,
+):
+    """Top: the true density, the learned exp(full estimator), exp(JEPA-SCORE) alone (normalised)
+    and the held-out SIGReg of training; bottom: the annealed samples of the samplers `names` over
+    the true density's contours, and the per-mode weights of each."""
+    true_density = mixture.log_prob(grid.points).exp()
+    jepa_only = (learned["jepa"] - learned["jepa"].max()).exp()
+    jepa_only = jepa_only / grid.integrate(jepa_only)
+
+    def image(values):
+        return values.reshape(resolution, resolution).T
+
+    fig, axes = figure(4, 2, width=3.4, height=3.1)
+    panels = [(true_density, "true density p"),
+              (learned["full"].exp(), "learned exp(JEPA-SCORE + log N(f))"),
+              (jepa_only, "exp(JEPA-SCORE) alone (normalised)")]  # fmt: skip
+    for ax, (values, title) in zip(axes[0, :3], panels, strict=True):
+        ax.pcolormesh(grid.xs, grid.ys, image(values), cmap=DENSITY_CMAP, shading="auto")
+        ax.set(title=title, xlim=box[0], ylim=box[1], aspect="equal")
+    axes[0, 3].plot(history.eval_step, history.held_out_sigreg, marker="o")
+    axes[0, 3].set(title="held-out SIGReg (training)", xlabel="step", yscale="log")
+    for ax, name in zip(axes[1, :3], names, strict=True):
+        x = samples[name, "annealed"]
+        ax.contour(grid.xs, grid.ys, image(true_density), levels=6, colors="0.6", linewidths=0.7)
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="C0")
+        ax.set(title=f"samples {name[:3]}", xlim=box[0], ylim=box[1], aspect="equal")
+    weights = pd.DataFrame(
+        {"true samples": mode_weights(mixture, reference)}
+        | {name[:3]: mode_weights(mixture, samples[name, "annealed"]) for name in names}
+    )
+    weights.plot.bar(ax=axes[1, 3], rot=0, width=0.8)
+    axes[1, 3].set(title="per-mode weights (annealed)", xlabel="component")
+    axes[1, 3].legend(loc="upper right", fontsize=8)
+    label_panels(axes)
+    return fig, axes
