@@ -205,6 +205,41 @@ def folder_samples(backbone, folders: dict[str, list]) -> tuple[Sample, Sample, 
     return sample(paths[:half]), sample(paths[half:]), {name: sample(p) for name, p in rest}
 
 
+def detection_verdict(
+    jepa: tuple[np.ndarray, dict[str, np.ndarray]],
+    knn: tuple[np.ndarray, dict[str, np.ndarray]],
+    *,
+    statement: str,
+    setting: str,
+    chapter: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Verdict:
+    """The claim "a low JEPA-SCORE flags out-of-domain inputs" as a record, from JEPA-SCORE's and
+    k-NN's (in-distribution scores (n,), {set: scores (m_s,)}): JEPA-SCORE's mean AUROC over the
+    sets, reproduced when its interval lies above 0.55 and no set is inverted (interval below 0.5)."""
+    inliers, outliers = jepa
+    value = bootstrap_mean_auroc(inliers, outliers, n_boot=n_boot, seed=seed)
+    per_set = {
+        s: bootstrap_auroc(inliers, v, n_boot=n_boot, seed=seed) for s, v in outliers.items()
+    }
+    inverted = sides(per_set)["below"]
+    outcome = decide(value, 0.5, margin=0.05)
+    knn_mean = bootstrap_mean_auroc(*knn, n_boot=n_boot, seed=seed)
+    return Verdict(
+        key="detects",
+        claim="outlier detection",
+        statement=statement,
+        setting=setting,
+        measure=f"JEPA-SCORE mean AUROC over {len(outliers)} out-of-domain sets",
+        value=value,
+        baseline=f"chance 0.5; k-NN on the same embeddings {knn_mean}",
+        outcome="partly" if outcome == "reproduced" and inverted else outcome,
+        why=f"inverted (interval below 0.5) on {len(inverted)}: {', '.join(inverted) or 'none'}",
+        chapter=chapter,
+    )
+
+
 def outlier_verdicts(
     by_detector: dict[str, dict[str, np.ndarray]],
     *,
@@ -233,30 +268,18 @@ def outlier_verdicts(
         }
 
     jepa_in, jepa_out = split("JEPA-SCORE")
-    value = bootstrap_mean_auroc(jepa_in, jepa_out, n_boot=n_boot, seed=seed)
-    per_set = {
-        s: bootstrap_auroc(jepa_in, v, n_boot=n_boot, seed=seed) for s, v in jepa_out.items()
-    }
-    inverted = sides(per_set)["below"]
-    outcome = decide(value, 0.5, margin=0.05)
-    if outcome == "reproduced" and inverted:
-        outcome = "partly"
-    knn_mean = bootstrap_mean_auroc(*split(knn), n_boot=n_boot, seed=seed)
     versus = bootstrap_mean_auroc(jepa_in, jepa_out, baseline=split(knn), n_boot=n_boot, seed=seed)
     views = bootstrap_mean_auroc(
         *split(multi_view), baseline=(jepa_in, jepa_out), n_boot=n_boot, seed=seed
     )
     common = {"setting": setting, "chapter": "outlier_detection"}
     return [
-        Verdict(
-            key="detects",
-            claim="outlier detection",
+        detection_verdict(
+            (jepa_in, jepa_out),
+            split(knn),
             statement="a low JEPA-SCORE flags out-of-distribution images",
-            measure=f"JEPA-SCORE mean AUROC over {len(jepa_out)} shifted sets",
-            value=value,
-            baseline=f"chance 0.5; k-NN on the same embeddings {knn_mean}",
-            outcome=outcome,
-            why=f"inverted (interval below 0.5) on {len(inverted)}: {', '.join(inverted) or 'none'}",
+            n_boot=n_boot,
+            seed=seed,
             **common,
         ),
         Verdict(
