@@ -35,3 +35,17 @@ def test_chapter_has_one_papermill_parameters_cell(path: Path):
     assert 'scale = os.environ.get("JEPABOOK_SCALE", "default")' in source
     assert "seed = " in source and "device = " in source
     assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_plumbing_cells_are_collapsed_and_the_chapter_ends_with_its_verdicts(path: Path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    first = next(i for i, c in enumerate(code) if "parameters" in c["metadata"].get("tags", []))
+    for cell in code[first : first + 2]:  # the parameters cell and the setup cell after it
+        assert "hide-input" in cell["metadata"]["tags"]
+    assert "verdicts.show(" in "".join(code[-1]["source"]), "the last code cell shows the verdicts"
+    label = f"({path.stem}-verdicts)="
+    assert any(
+        "".join(c["source"]).startswith(label) for c in cells if c["cell_type"] == "markdown"
+    )

@@ -835,15 +835,6 @@ def problem_verdicts(at_k: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return out
 
 
-def print_verdicts(at_k: pd.DataFrame, encoder_name: str) -> dict[str, str]:
-    """Print, per problem, what JEPA-SCORE finds (`problem_verdicts`); return {problem: short}."""
-    print(f"Encoder {encoder_name}:")
-    verdicts = problem_verdicts(at_k)
-    for line, _ in verdicts.values():
-        print(line)
-    return {problem: short for problem, (_, short) in verdicts.items()}
-
-
 def pruning_verdicts(summary: pd.DataFrame, yardstick: dict[str, pd.Series]) -> list[str]:
     """One line per ranking of a `pruning_summary`: its verdict against random removal per fraction."""
     return [
@@ -892,7 +883,7 @@ def jepa_verdicts(
 ) -> list[str]:
     """The chapter's verdicts on JEPA-SCORE in a few lines.
 
-    found_by: {encoder name: {problem: short verdict}} (`print_verdicts`); summary: a
+    found_by: {encoder name: {problem: short verdict}} (`problem_verdicts`); summary: a
     `pruning_summary` with a "JEPA-SCORE" ranking; retrained: with a "JEPA-SCORE pruned" encoder,
     compared with the random removals by `compare_to_random` on the probe's test outcomes.
     """
