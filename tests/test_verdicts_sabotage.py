@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from jepabook.chapters import curation, images, out_of_domain, outlier_detection
+from jepabook import flows
+from jepabook.chapters import (
+    change_of_variables,
+    curation,
+    gmm_density,
+    images,
+    out_of_domain,
+    outlier_detection,
+)
+from jepabook.data import GaussianMixture
 from jepabook.datasets import ImageSet
 from jepabook.image_jepa import held_out_images, load_shipped
 from jepabook.verdicts import SABOTAGES, sabotage
@@ -96,3 +106,24 @@ def test_outlier_verdicts_turn_with_a_flipped_score(fmnist_vs_mnist):
     )  # level with itself
     flipped = outcomes(sabotage(fmnist_vs_mnist, "flipped"), fmnist_vs_mnist)
     assert flipped["detects"] == "refuted" and flipped["versus-knn"] == "refuted"
+
+
+@pytest.fixture(scope="module")
+def exact_parts() -> dict:
+    """JEPA-SCORE, log N(f(x)) and log p at 300 samples of a 2-D mixture under its exact
+    Gaussianising map (the theory chapters' encoder)."""
+    mixture = GaussianMixture.random(2, 3, seed=0)
+    return flows.decompose_log_density(mixture, mixture.sample(300, seed=1).double())
+
+
+@pytest.mark.parametrize("kind", SABOTAGES)
+def test_theory_checks_pass_on_exact_scores_and_fail_on_sabotaged_ones(exact_parts, kind):
+    jepa, log_normal, log_p = (exact_parts[k] for k in ("jepa_score", "log_normal", "log_p"))
+    change_of_variables.check_identity(jepa, log_normal, log_p)
+    gmm_density.check((jepa + log_normal).numpy(), log_p.numpy())
+    broken = torch.as_tensor(sabotage({"x": jepa.numpy()}, kind, seed=1)["x"])
+    with pytest.raises(AssertionError, match="JEPA-SCORE \\+ log N"):
+        change_of_variables.check_identity(broken, log_normal, log_p)
+    full = sabotage({"x": (jepa + log_normal).numpy()}, kind, seed=1)["x"]
+    with pytest.raises(AssertionError, match="full estimator"):
+        gmm_density.check(full, log_p.numpy())

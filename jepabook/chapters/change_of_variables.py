@@ -148,3 +148,14 @@ def code_grid_figure(
         ax.set_ylabel(ylabel)
     label_panels(axes)
     return fig, axes
+
+
+def check_identity(
+    jepa: torch.Tensor, log_normal: torch.Tensor, log_p: torch.Tensor, tol: float = 1e-9
+) -> float:
+    """The chapter's headline, asserted at every scale: JEPA-SCORE + log N(f(x)) equals log p_X(x)
+    (n,) to `tol` for an exact K = D encoder; returns the largest error. A flipped, shuffled or
+    constant JEPA-SCORE fails it (tests/test_verdicts_sabotage.py)."""
+    error = float((torch.as_tensor(jepa) + log_normal - log_p).abs().max())
+    assert error < tol, f"largest |JEPA-SCORE + log N(f(x)) - log p|: {error:.2e}, not below {tol}"
+    return error

@@ -390,3 +390,12 @@ def correlation_heatmap(ax, grid, column: str, title: str, *, vmin: float = -0.2
     ax.set_title(title)
     ax.grid(False)
     return image
+
+
+def check(full: np.ndarray, log_p: np.ndarray, floor: float = 0.4) -> float:
+    """The chapter's headline, asserted at every scale: the full estimator JEPA-SCORE + log N(f(x))
+    (n,) correlates with the true log p (n,) above `floor` (Pearson); returns the correlation. A
+    flipped, shuffled or constant estimate fails it (tests/test_verdicts_sabotage.py)."""
+    r = correlation(full, log_p)
+    assert r > floor, f"Pearson of the full estimator with log p: {r:.3f}, not above {floor}"
+    return r
