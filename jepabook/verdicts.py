@@ -179,20 +179,22 @@ def scorecard(records: list[Verdict], claims: tuple[str, ...] = CLAIMS) -> str:
         "that decided it and the baseline it was read against. This page is written by `make book`",
         "from the verdict records at the end of the executed chapters; nothing in it is typed by hand.",
         "",
-        "| claim | verdict | deciding number | baseline | setting | chapter |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| claim (chapter) | verdict | deciding number | baseline |",
+        "| --- | --- | --- | --- |",
     ]
     for claim in claims:
         matching = [r for r in records if r.claim == claim]
         if not matching:
-            lines.append(f"| {claim} | not tested | | | | |")
+            lines.append(f"| {claim} | not tested | | |")
         for r in matching:
             link = (
                 f"{{ref}}`{r.chapter.replace('_', ' ')} <{r.section or r.chapter + '-verdicts'}>`"
             )
-            number = f"{r.measure}: {value_text(r.value)}"
-            cells = [r.claim, f"**{r.outcome}**", number, r.baseline, r.setting]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {link} |")
+            number = f"{r.measure} ({r.setting}): {value_text(r.value)}"
+            cells = [f"**{r.outcome}**", number, r.baseline]
+            lines.append(
+                f"| {_cell(r.claim)} ({link}) | " + " | ".join(_cell(c) for c in cells) + " |"
+            )
     others = [r for r in records if r.claim not in claims]
     if others:
         raise ValueError(

@@ -76,9 +76,12 @@ def test_records_round_trip_through_an_executed_notebook_into_the_scorecard(tmp_
     page = verdicts.scorecard(found)
     rows = [line for line in page.splitlines() if line.startswith("| ")][2:]
     assert len(rows) == len(verdicts.CLAIMS)
-    assert rows[0].startswith("| Lemma 1 | **reproduced**")
+    assert rows[0].startswith(
+        "| Lemma 1 ({ref}`lemma1 sphere <lemma1_sphere-verdicts>`) | **reproduced**"
+    )
     assert "{ref}`out of domain <out_of_domain-verdicts>`" in page
     assert "| eq. (5) | not tested |" in page
+    assert all(row.replace("\\|", "").count("|") == 5 for row in rows)  # four columns: it fits the page
 
 
 def test_records_table_has_one_row_per_record():
