@@ -8,6 +8,9 @@ python -m jepabook.book check --html _build/html                   # every chapt
 from __future__ import annotations
 
 import argparse
+import base64
+import copy
+import json
 import os
 import re
 import shutil
@@ -121,8 +124,6 @@ def write_executed(source, outputs: dict[int, list], target: Path) -> Path:
     Lets another executor (nbval, in `make test`) supply the outputs the book is built from, so that
     each chapter runs once. Raises ValueError when a code cell has no recorded outputs.
     """
-    import copy
-
     import nbformat
 
     if isinstance(source, str | Path):
@@ -209,9 +210,6 @@ def loads_network_mathjax(page: str) -> bool:
 
 def export_figure(notebook: Path, index: int, out: Path) -> Path:
     """Write the index-th PNG figure (0-based, in cell order) of an executed notebook to `out`."""
-    import base64
-    import json
-
     figures = [
         output["data"]["image/png"]
         for cell in json.loads(notebook.read_text())["cells"]

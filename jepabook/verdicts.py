@@ -14,6 +14,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from jepabook.metrics import Interval
 
 OUTCOMES = ("reproduced", "partly", "refuted", "not reproducible here")
@@ -110,8 +113,6 @@ def decide(
 
 def records_table(records: list[Verdict]):
     """A DataFrame with one row per record: claim, setting, deciding number, baseline, verdict."""
-    import pandas as pd
-
     return pd.DataFrame(
         [
             {
@@ -213,8 +214,6 @@ SABOTAGES = ("flipped", "shuffled", "constant")
 def sabotage(scores: dict, kind: str, seed: int = 0) -> dict:
     """The same scores {set: (n_s,)} broken one way, to show that a chapter's checks would catch it:
     "flipped" (sign reversed), "shuffled" (permuted across all samples of all sets), "constant"."""
-    import numpy as np
-
     if kind not in SABOTAGES:
         raise ValueError(f"kind: expected one of {SABOTAGES}, got {kind!r}")
     names = list(scores)
