@@ -81,7 +81,8 @@ def test_records_round_trip_through_an_executed_notebook_into_the_scorecard(tmp_
     )
     assert "{ref}`out of domain <out_of_domain-verdicts>`" in page
     assert "| eq. (5) | not tested |" in page
-    assert all(row.replace("\\|", "").count("|") == 5 for row in rows)  # four columns: it fits the page
+    # four columns, so that the table fits the page
+    assert all(row.replace("\\|", "").count("|") == 5 for row in rows)
 
 
 def test_records_table_has_one_row_per_record():
