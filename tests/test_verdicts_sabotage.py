@@ -12,6 +12,7 @@ from jepabook import flows
 from jepabook.chapters import (
     change_of_variables,
     curation,
+    extremes,
     gmm_density,
     images,
     out_of_domain,
@@ -127,3 +128,29 @@ def test_theory_checks_pass_on_exact_scores_and_fail_on_sabotaged_ones(exact_par
     full = sabotage({"x": (jepa + log_normal).numpy()}, kind, seed=1)["x"]
     with pytest.raises(AssertionError, match="full estimator"):
         gmm_density.check(full, log_p.numpy())
+
+
+@pytest.fixture(scope="module")
+def two_jepas() -> tuple[dict, np.ndarray]:
+    """JEPA-SCORE of the two shipped short-training SIGReg JEPAs (CNN and ViT) on 12 Fashion-MNIST
+    test images per class, and the images' classes (the extremes chapter's check at ci scale)."""
+    sample = images.per_class(held_out_images("fashion-mnist"), 12, 0)
+    scores = {
+        name: images.score_sets(load_shipped(name), {"x": sample}, progress=False)["x"]
+        for name in ("fmnist-cnn-short", "fmnist-vit-short")
+    }
+    return scores, sample.labels.numpy()
+
+
+def test_extremes_check_passes_on_real_scores(two_jepas):
+    scores, labels = two_jepas
+    assert extremes.check(scores["fmnist-cnn-short"], scores["fmnist-vit-short"], labels) > 0.2
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+@pytest.mark.parametrize("kind", SABOTAGES)
+def test_extremes_check_fails_when_one_jepa_score_is_sabotaged(two_jepas, kind):
+    scores, labels = two_jepas
+    broken = sabotage(scores, kind, seed=1)
+    with pytest.raises(AssertionError, match="Figure 1 agreement"):
+        extremes.check(scores["fmnist-cnn-short"], broken["fmnist-vit-short"], labels)

@@ -105,6 +105,34 @@ def agreement(
     return pd.DataFrame(rows)
 
 
+def check(
+    a: np.ndarray,
+    b: np.ndarray,
+    labels: np.ndarray,
+    *,
+    margin: float = 0.2,
+    n_shuffles: int = 200,
+    seed: int = 0,
+) -> float:
+    """Figure 1's claim at its weakest: two JEPAs' scores (n,) rank the images of each class more
+    alike than within-class shuffles of one of them do: the within-class Spearman must exceed the
+    shuffles' mean by `margin` and by three of their standard deviations. Returns the Spearman.
+
+    A flipped, shuffled or constant score fails: its agreement is negative, at chance, or undefined.
+    """
+    rng = np.random.default_rng(seed)
+    spearman = within_class_spearman(a, b, labels)
+    null = [
+        within_class_spearman(a, _shuffle_within(b, labels, rng), labels) for _ in range(n_shuffles)
+    ]
+    bar = float(np.mean(null)) + max(margin, 3 * float(np.std(null)))
+    assert spearman > bar, (
+        f"Figure 1 agreement of two JEPAs: within-class Spearman {spearman:.3f} is not above "
+        f"{bar:.3f} (within-class shuffles: mean {np.mean(null):.3f}, sd {np.std(null):.3f})"
+    )
+    return spearman
+
+
 def _shuffle_within(values: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     shuffled = values.copy()
     for label in np.unique(labels):
