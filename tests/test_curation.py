@@ -1,4 +1,5 @@
-"""Injected problems, precision at k, near-duplicate distances and pruning (jepabook.curation)."""
+"""Injected problems (jepabook.contamination), precision at k, near-duplicate distances and pruning
+(jepabook.ranking), and the curation chapter's tables and verdicts (jepabook.chapters.curation)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from jepabook import contamination, ranking
 from jepabook.chapters import curation as c
 from jepabook.datasets import ImageSet
 from jepabook.detectors import KNN, JepaScore, Sample
@@ -21,8 +23,8 @@ def blobs(n: int, seed: int, *, classes: int = 3, name: str = "blobs") -> ImageS
     return ImageSet(name, images, labels, [f"c{i}" for i in range(classes)])
 
 
-def contaminated(seed: int = 0, fraction: float = 0.05) -> c.Contaminated:
-    return c.inject_problems(
+def contaminated(seed: int = 0, fraction: float = 0.05) -> contamination.Contaminated:
+    return contamination.inject_problems(
         blobs(200, 1), pool=blobs(50, 2), off_domain=blobs(40, 3), fraction=fraction, seed=seed
     )
 
@@ -38,7 +40,7 @@ def test_injection_counts_kinds_and_labels():
     }
     assert data.images.labels.shape == (230,) and data.images.labels.max() < 3
     corrupted = data.kind == "corrupted"
-    assert sorted(set(data.detail[corrupted])) == sorted(c.CORRUPTIONS)
+    assert sorted(set(data.detail[corrupted])) == sorted(contamination.CORRUPTIONS)
     assert set(data.detail[~corrupted]) == {""}
     # the injected images are spread through the set, not appended at its end
     assert 0 < np.flatnonzero(data.kind != "clean").mean() / len(data) < 0.9
@@ -72,25 +74,27 @@ def test_injection_is_seeded():
 def test_corruptions_change_images_in_their_own_way():
     x = torch.zeros(4, 1, 12, 12)
     x[:, :, 3:9, 3:9] = 0.2
-    out = c.corrupt(x, ["noise", "blur", "occlusion", "saturation"], seed=0)
+    out = contamination.corrupt(x, ["noise", "blur", "occlusion", "saturation"], seed=0)
     assert (out[0] - x[0]).abs().mean() > 0.1  # heavy noise
     assert out[1].max() < 0.2 and out[1][0, 0, 0] < 0.02 and out[1][0, 2, 5] > 0  # blurred edges
     assert ((out[2] - 0.5).abs() < 1e-6).sum() == 36  # a 6 x 6 grey square
     assert torch.allclose(out[3], (4 * x[3]).clamp(0, 1))
-    assert torch.equal(out, c.corrupt(x, ["noise", "blur", "occlusion", "saturation"], seed=0))
+    assert torch.equal(
+        out, contamination.corrupt(x, ["noise", "blur", "occlusion", "saturation"], seed=0)
+    )
 
 
 def test_precision_at_k_on_hand_made_rankings():
     scores = np.array([0.1, 0.5, 0.2, 0.9, 0.3, 0.8])
     targets = np.array([True, False, True, False, False, True])
     # lowest three: 0.1, 0.2, 0.3 -> two targets of three
-    assert c.precision_at_k(scores, targets) == pytest.approx(2 / 3)
-    assert c.precision_at_k(scores, targets, 2) == 1.0
+    assert ranking.precision_at_k(scores, targets) == pytest.approx(2 / 3)
+    assert ranking.precision_at_k(scores, targets, 2) == 1.0
     # highest three: 0.9, 0.8, 0.5 -> one target
-    assert c.precision_at_k(scores, targets, direction="highest") == pytest.approx(1 / 3)
-    perfect = c.bootstrap_precision(-targets.astype(float), targets, n_boot=50)
+    assert ranking.precision_at_k(scores, targets, direction="highest") == pytest.approx(1 / 3)
+    perfect = ranking.bootstrap_precision(-targets.astype(float), targets, n_boot=50)
     assert perfect.estimate == perfect.low == perfect.high == 1.0
-    chance = c.random_precision(100, 10, 10)
+    chance = ranking.random_precision(100, 10, 10)
     assert chance.estimate == 0.1 and chance.low == 0.0 and 0.2 <= chance.high <= 0.4
 
 
@@ -122,12 +126,12 @@ def test_nearest_other_distance_finds_a_planted_duplicate():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 16))
     x[37] = x[81] + 1e-3 * rng.normal(size=16)
-    distance = c.nearest_other_distance(x)
+    distance = ranking.nearest_other_distance(x)
     assert set(np.argsort(distance)[:2]) == {37, 81}
     assert distance.min() > 0  # each row's nearest is another row, never itself
     exact = x.copy()
     exact[5] = exact[6]
-    assert c.nearest_other_distance(exact, normalise=False)[[5, 6]].tolist() == [0.0, 0.0]
+    assert ranking.nearest_other_distance(exact, normalise=False)[[5, 6]].tolist() == [0.0, 0.0]
 
 
 def test_neighbour_share_sees_a_planted_cluster():
@@ -136,10 +140,10 @@ def test_neighbour_share_sees_a_planted_cluster():
     members = np.zeros(120, dtype=bool)
     members[:20] = True
     x[:20] = 10.0 + 0.1 * rng.normal(size=(20, 5))  # a tight cluster far from the rest
-    assert (c.neighbour_share(x, members, 5, normalise=False) == 1.0).all()
+    assert (ranking.neighbour_share(x, members, 5, normalise=False) == 1.0).all()
     scattered = np.zeros(120, dtype=bool)
     scattered[40:60] = True
-    assert c.neighbour_share(x, scattered, 5, normalise=False).mean() < 0.5
+    assert ranking.neighbour_share(x, scattered, 5, normalise=False).mean() < 0.5
 
 
 def test_kind_shift_is_in_clean_standard_deviations():
@@ -169,11 +173,13 @@ def test_self_scores_cross_fit_embedding_detectors_and_not_jepa_score():
 
 def test_pruning_removes_the_lowest_or_random_images():
     scores = np.array([5.0, 1.0, 3.0, 0.0, 4.0, 2.0, 6.0, 7.0, 8.0, 9.0])
-    assert c.prune(scores, 0.3).tolist() == [1, 0, 1, 0, 1, 0, 1, 1, 1, 1]
-    assert c.prune(scores, 0.0).all()
-    keep = c.random_keep(10, 0.3, seed=4)
-    assert keep.sum() == 7 and (keep == c.random_keep(10, 0.3, seed=4)).all()
-    shares = c.removed_by_class(np.array([0, 1, 0, 1, 2, 2]), np.array([0, 0, 0, 1, 1, 1], bool))
+    assert ranking.prune(scores, 0.3).tolist() == [1, 0, 1, 0, 1, 0, 1, 1, 1, 1]
+    assert ranking.prune(scores, 0.0).all()
+    keep = ranking.random_keep(10, 0.3, seed=4)
+    assert keep.sum() == 7 and (keep == ranking.random_keep(10, 0.3, seed=4)).all()
+    shares = ranking.removed_by_class(
+        np.array([0, 1, 0, 1, 2, 2]), np.array([0, 0, 0, 1, 1, 1], bool)
+    )
     assert shares.tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
 
 
@@ -210,11 +216,13 @@ def test_compare_to_random_is_paired_on_the_test_samples():
     randoms = np.stack([flip(base, 20, 20) for _ in range(4)])  # the same accuracy as base
     # +0.015 in accuracy: within an unpaired test's noise (2 sqrt(0.16 / 2000) = 0.018), but the
     # same test images decide both probes, so the paired comparison sees it
-    assert c.compare_to_random(flip(base, 0, 30), randoms)["verdict"] == "helps"
-    assert c.compare_to_random(flip(base, 30, 0), randoms)["verdict"] == "hurts"
-    same = c.compare_to_random(base, randoms)
+    assert ranking.compare_to_random(flip(base, 0, 30), randoms)["verdict"] == "helps"
+    assert ranking.compare_to_random(flip(base, 30, 0), randoms)["verdict"] == "hurts"
+    same = ranking.compare_to_random(base, randoms)
     assert same["verdict"] == "no measurable effect" and same["difference"] == 0
-    assert 0 < c.compare_to_random(base, randoms[:1])["half_width"] < same["half_width"] + 0.01
+    assert (
+        0 < ranking.compare_to_random(base, randoms[:1])["half_width"] < same["half_width"] + 0.01
+    )
 
 
 @pytest.mark.parametrize(
@@ -224,27 +232,35 @@ def test_compare_to_random_is_paired_on_the_test_samples():
         (lambda: contaminated(fraction=0.001), "fraction"),
         (lambda: contaminated(seed=-1), "seed"),
         (
-            lambda: c.inject_problems(blobs(200, 1), pool=blobs(5, 2), off_domain=blobs(40, 3)),
+            lambda: contamination.inject_problems(
+                blobs(200, 1), pool=blobs(5, 2), off_domain=blobs(40, 3)
+            ),
             "pool",
         ),
-        (lambda: c.inject_problems(blobs(100, 1), pool=blobs(9, 2), off_domain="x"), "off_domain"),
-        (lambda: c.corrupt(torch.zeros(2, 1, 4, 4), ["noise", "melt"]), "kinds"),
-        (lambda: c.corrupt(torch.zeros(2, 1, 4, 4), ["noise"]), "kinds"),
-        (lambda: c.near_duplicates(torch.zeros(2, 1, 4, 4), shift=2), "shift"),
-        (lambda: c.near_duplicates(torch.zeros(2, 1, 4, 4), noise=-1), "noise"),
-        (lambda: c.precision_at_k([1.0, 2.0], [True, False], k=3), "k"),
-        (lambda: c.precision_at_k([1.0, 2.0], [1, 0]), "targets"),
-        (lambda: c.precision_at_k([1.0, np.nan], [True, False]), "scores"),
-        (lambda: c.precision_at_k([1.0, 2.0], [True, False], direction="up"), "direction"),
-        (lambda: c.bootstrap_precision([1.0, 2.0], [False, False]), "targets"),
-        (lambda: c.random_precision(10, 11, 2), "n_targets"),
-        (lambda: c.nearest_other_distance(np.zeros((1, 3))), "features"),
-        (lambda: c.neighbour_share(np.zeros((4, 3)), np.ones(4, bool), k=4), "k"),
-        (lambda: c.neighbour_share(np.zeros((4, 3)), np.ones(3, bool)), "members"),
-        (lambda: c.prune([1.0, 2.0], 1.0), "fraction"),
-        (lambda: c.random_keep(0, 0.1), "n"),
-        (lambda: c.compare_to_random(np.ones(3, bool), np.ones((2, 4), bool)), "random_correct"),
-        (lambda: c.compare_to_random(np.ones(0, bool), np.ones((2, 0), bool)), "correct"),
+        (
+            lambda: contamination.inject_problems(blobs(100, 1), pool=blobs(9, 2), off_domain="x"),
+            "off_domain",
+        ),
+        (lambda: contamination.corrupt(torch.zeros(2, 1, 4, 4), ["noise", "melt"]), "kinds"),
+        (lambda: contamination.corrupt(torch.zeros(2, 1, 4, 4), ["noise"]), "kinds"),
+        (lambda: contamination.near_duplicates(torch.zeros(2, 1, 4, 4), shift=2), "shift"),
+        (lambda: contamination.near_duplicates(torch.zeros(2, 1, 4, 4), noise=-1), "noise"),
+        (lambda: ranking.precision_at_k([1.0, 2.0], [True, False], k=3), "k"),
+        (lambda: ranking.precision_at_k([1.0, 2.0], [1, 0]), "targets"),
+        (lambda: ranking.precision_at_k([1.0, np.nan], [True, False]), "scores"),
+        (lambda: ranking.precision_at_k([1.0, 2.0], [True, False], direction="up"), "direction"),
+        (lambda: ranking.bootstrap_precision([1.0, 2.0], [False, False]), "targets"),
+        (lambda: ranking.random_precision(10, 11, 2), "n_targets"),
+        (lambda: ranking.nearest_other_distance(np.zeros((1, 3))), "features"),
+        (lambda: ranking.neighbour_share(np.zeros((4, 3)), np.ones(4, bool), k=4), "k"),
+        (lambda: ranking.neighbour_share(np.zeros((4, 3)), np.ones(3, bool)), "members"),
+        (lambda: ranking.prune([1.0, 2.0], 1.0), "fraction"),
+        (lambda: ranking.random_keep(0, 0.1), "n"),
+        (
+            lambda: ranking.compare_to_random(np.ones(3, bool), np.ones((2, 4), bool)),
+            "random_correct",
+        ),
+        (lambda: ranking.compare_to_random(np.ones(0, bool), np.ones((2, 0), bool)), "correct"),
         (
             lambda: c.probe_correct(np.zeros((3, 2)), [0, 1], np.zeros((2, 2)), [0, 1]),
             "train_labels",
@@ -304,15 +320,15 @@ def hand_made_at_k() -> pd.DataFrame:
         "random score (control)": [(1.0, 1.0, 1.0)] * 3,  # left out of the verdicts
     }
     return pd.DataFrame(
-        [{"detector": d, "problem": p, "direction": c.DIRECTIONS[p], "k": 10, "precision": v[0],
+        [{"detector": d, "problem": p, "direction": contamination.DIRECTIONS[p], "k": 10, "precision": v[0],
           "low": v[1], "high": v[2], "random": 0.1, "random_low": 0.0, "random_high": 0.3}
-         for d, per_problem in values.items() for p, v in zip(c.PROBLEMS, per_problem, strict=True)]
+         for d, per_problem in values.items() for p, v in zip(contamination.PROBLEMS, per_problem, strict=True)]
     )  # fmt: skip
 
 
 def test_problem_verdicts_on_a_hand_made_table(capsys):
     verdicts = c.problem_verdicts(hand_made_at_k())
-    corrupted, off_domain, duplicate = (verdicts[p] for p in c.PROBLEMS)
+    corrupted, off_domain, duplicate = (verdicts[p] for p in contamination.PROBLEMS)
     assert corrupted[1] == (
         "not distinguishable from a random ranking (0.20 vs 0.10; best other 0.90)"
     )

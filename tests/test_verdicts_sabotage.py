@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jepabook import flows
+from jepabook import contamination, flows
 from jepabook.chapters import (
     change_of_variables,
     curation,
@@ -66,7 +66,9 @@ def contaminated() -> tuple[dict, np.ndarray]:
     """JEPA-SCORE of the shipped fmnist-cnn on 100 clean Fashion-MNIST test images, 12 corrupted
     ones (three of each corruption) and 12 MNIST digits, with each image's kind."""
     test = held_out_images("fashion-mnist")
-    broken = curation.corrupt(test.images[100:112], list(curation.CORRUPTIONS) * 3, seed=0)
+    broken = contamination.corrupt(
+        test.images[100:112], list(contamination.CORRUPTIONS) * 3, seed=0
+    )
     sets = {
         "clean": test.subset(slice(0, 100)),
         "corrupted": ImageSet("corrupted", broken),

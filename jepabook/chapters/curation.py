@@ -1,22 +1,10 @@
-"""Data curation with density scores: plant problems in a training set and measure who finds them,
-then prune the least likely images and measure what it does downstream.
+"""The curation chapter: plant problems in a training set (`jepabook.contamination`), measure which
+ranking finds them (`jepabook.ranking`), prune the least likely images and measure what it does
+downstream, and retrain the encoder on the pruned set; then the chapter's verdicts and figures.
 
-Injection (`inject_problems`) adds three kinds of problem images to a clean image set, seeded:
-- "corrupted": other in-domain images, damaged by heavy noise, blur, an occluding block or saturation
-  (a mix, `CORRUPTIONS`);
-- "off-domain": images of another data set (e.g. MNIST digits in Fashion-MNIST), given random labels;
-- "near-duplicate": copies of set members moved by a quarter pixel, with faint noise.
-
-Finding them is measured by precision at k: of the k images a score ranks most suspicious, the share
-that are of the problem kind (k = how many there are: the R-precision). Corrupted and off-domain
-images are looked for among the *lowest* scores (least likely). A density estimate sees a duplicate
-as at least as likely as its original, so near-duplicates are looked for among the *highest* scores,
-and the dedicated tool is the distance from each image to the nearest *other* member of the set
-(`nearest_other_distance`). A random ranking's precision is the problem's share of the set
-(`random_precision`, a hypergeometric interval).
-
-Pruning (`prune`, `random_keep`, `pruning_probe_table`) removes a fraction of the lowest-scored images
-of a set, beside removing the same fraction at random.
+Size: about 700 lines, the whole curation experiment (self-ranking, precision tables, pruning probes,
+retraining, five verdict functions and the figures): what it reuses is already in the library, and
+splitting the rest further would scatter one chapter's protocol over several files.
 """
 
 from __future__ import annotations
@@ -27,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from jepabook.chapters.images import score_sets
-from jepabook.datasets import ImageSet, _seed
+from jepabook.contamination import CLEAN, DIRECTIONS, PROBLEMS, Contaminated
+from jepabook.datasets import ImageSet
 from jepabook.detectors import (
     KNN,
     Detector,
@@ -51,252 +39,22 @@ from jepabook.metrics import (
 )
 from jepabook.plots import figure, image_strip, label_panels
 from jepabook.probe import probe_correct
+from jepabook.ranking import (
+    as_scores,
+    bootstrap_precision,
+    compare_to_random,
+    prune,
+    random_keep,
+    random_precision,
+)
 from jepabook.verdicts import Verdict, decide
 
-CLEAN = "clean"
-PROBLEMS = ("corrupted", "off-domain", "near-duplicate")
-KINDS = (CLEAN, *PROBLEMS)
-CORRUPTIONS = ("noise", "blur", "occlusion", "saturation")
-# Where a score should put each problem: least likely ("lowest") or most likely ("highest") first.
-DIRECTIONS = {"corrupted": "lowest", "off-domain": "lowest", "near-duplicate": "highest"}
 PROBLEM_COLOURS = {
     CLEAN: "#bbbbbb",
     "corrupted": "#d55e00",
     "off-domain": "#0072b2",
     "near-duplicate": "#009e73",
 }  # figure frames, colour-blind safe
-
-
-# ---------------------------------------------------------------- argument checks
-
-
-def _fraction(name: str, value: object, *, closed: bool = False) -> float:
-    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
-    if not ok or not (0 < value < 1 or (closed and value == 0)):
-        expected = "[0, 1)" if closed else "(0, 1)"
-        raise ValueError(f"{name}: expected a number in {expected}, got {value!r}")
-    return float(value)
-
-
-def _scores(name: str, values) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D array, got shape {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError(
-            f"{name}: expected finite values, sample {np.flatnonzero(~np.isfinite(values))[0]} is not"
-        )
-    return values
-
-
-def _mask(name: str, values, n: int) -> np.ndarray:
-    values = np.asarray(values)
-    if values.dtype != bool or values.shape != (n,):
-        raise ValueError(
-            f"{name}: expected a boolean array of shape ({n},), got {values.dtype} {values.shape}"
-        )
-    return values
-
-
-def _direction(value: str) -> bool:
-    """True for "lowest" (least likely first), False for "highest"."""
-    if value not in ("lowest", "highest"):
-        raise ValueError(f"direction: expected 'lowest' or 'highest', got {value!r}")
-    return value == "lowest"
-
-
-# ---------------------------------------------------------------- injected problems
-
-
-@dataclass
-class Contaminated:
-    """A clean image set with injected problem images, shuffled together.
-
-    images: the N images (N, 1, H, W) in [0, 1] with labels (injected off-domain images carry random
-    labels of the clean set's classes); kind: (N,) one of KINDS; detail: (N,) the corruption of a
-    corrupted image, "" otherwise; source: (N,) for a near-duplicate, the index in this set of the
-    image it copies, -1 otherwise.
-    """
-
-    images: ImageSet
-    kind: np.ndarray
-    detail: np.ndarray
-    source: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def counts(self) -> pd.Series:
-        """Number of images of each kind (clean first)."""
-        return pd.Series({k: int((self.kind == k).sum()) for k in KINDS}, name="images")
-
-    def targets(self, problem: str) -> np.ndarray:
-        """(N,) bool: the images a detector of `problem` should flag.
-
-        For "near-duplicate", the copies *and* their originals: no score of the set can tell which of
-        two near-identical images came first, so each member of a pair counts as found.
-        """
-        if problem not in PROBLEMS:
-            raise ValueError(f"problem: expected one of {PROBLEMS}, got {problem!r}")
-        targets = self.kind == problem
-        if problem == "near-duplicate":
-            targets = targets.copy()
-            targets[self.source[self.source >= 0]] = True
-        return targets
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(n, 1, H, W) -> (n, 1, H, W): separable Gaussian blur, borders replicated."""
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))
-
-
-def corrupt(images: torch.Tensor, kinds: Sequence[str], *, seed: int = 0) -> torch.Tensor:
-    """Damaged copies (n, 1, H, W) in [0, 1] of images (n, 1, H, W) in [0, 1], image i by kinds[i]:
-
-    - "noise": + N(0, 0.5^2) per pixel, clipped;
-    - "blur": Gaussian blur with a 2-pixel standard deviation;
-    - "occlusion": a grey (0.5) square of side H // 2 at a random place;
-    - "saturation": 4 x the pixels, clipped (a washed-out silhouette).
-    """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(
-            f"images: expected a tensor (n, 1, H, W), got {getattr(images, 'shape', images)!r}"
-        )
-    kinds = list(kinds)
-    if len(kinds) != len(images):
-        raise ValueError(f"kinds: expected {len(images)} corruption names, got {len(kinds)}")
-    unknown = sorted(set(kinds) - set(CORRUPTIONS))
-    if unknown:
-        raise ValueError(f"kinds: expected names in {CORRUPTIONS}, got {unknown}")
-    generator = torch.Generator().manual_seed(_seed(seed))
-    out = images.clone()
-    H, W = images.shape[-2:]
-    side = H // 2
-    for i, kind in enumerate(kinds):
-        x = images[i : i + 1]
-        if kind == "noise":
-            x = x + 0.5 * torch.randn(x.shape, generator=generator)
-        elif kind == "blur":
-            x = _gaussian_blur(x, 2.0)
-        elif kind == "occlusion":
-            top = int(torch.randint(0, H - side + 1, (1,), generator=generator))
-            left = int(torch.randint(0, W - side + 1, (1,), generator=generator))
-            x = x.clone()
-            x[..., top : top + side, left : left + side] = 0.5
-        else:
-            x = 4 * x
-        out[i : i + 1] = x.clamp(0, 1)
-    return out
-
-
-def near_duplicates(
-    images: torch.Tensor, *, shift: float = 0.25, noise: float = 0.02, seed: int = 0
-) -> torch.Tensor:
-    """Near-copies (n, 1, H, W) in [0, 1] of images (n, 1, H, W): each moved by `shift` pixels in a
-    random one of the 8 directions (linear interpolation with the copy rolled by one pixel:
-    (1 - shift) x + shift roll(x)), plus N(0, noise^2) per pixel, clipped.
-
-    The default (a quarter pixel, faint noise) is the kind of difference a re-encoding or a resize
-    leaves; a whole-pixel shift of a 28-pixel image already moves it as far from its original, in
-    pixels, as other images of the set are.
-    """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(
-            f"images: expected a tensor (n, 1, H, W), got {getattr(images, 'shape', images)!r}"
-        )
-    if isinstance(shift, bool) or not isinstance(shift, int | float) or not 0 <= shift <= 1:
-        raise ValueError(f"shift: expected a number of pixels in [0, 1], got {shift!r}")
-    if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
-        raise ValueError(f"noise: expected a non-negative standard deviation, got {noise!r}")
-    generator = torch.Generator().manual_seed(_seed(seed))
-    directions = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    picks = torch.randint(0, len(directions), (len(images),), generator=generator).tolist()
-    rolled = [torch.roll(x, directions[p], dims=(1, 2)) for x, p in zip(images, picks, strict=True)]
-    out = images.clone() if not rolled else (1 - shift) * images + shift * torch.stack(rolled)
-    out = out + noise * torch.randn(out.shape, generator=generator)
-    return out.clamp(0, 1)
-
-
-def inject_problems(
-    clean: ImageSet,
-    *,
-    pool: ImageSet,
-    off_domain: ImageSet,
-    fraction: float = 0.03,
-    shift: float = 0.25,
-    seed: int = 0,
-) -> Contaminated:
-    """The clean set plus m = round(fraction * len(clean)) images of each problem kind, shuffled.
-
-    clean: (n, 1, H, W) images; pool: other in-domain images (>= m, none of them in `clean`), the
-    sources of the corrupted images (the corruptions cycle through CORRUPTIONS); off_domain: images of
-    another domain (>= m, the same H, W); the near-duplicates copy m distinct members of `clean`
-    (moved by `shift` pixels, see `near_duplicates`).
-    Returns a Contaminated of n + 3m images; the same seed gives the same set.
-    """
-    for name, value in (("clean", clean), ("pool", pool), ("off_domain", off_domain)):
-        if not isinstance(value, ImageSet):
-            raise ValueError(f"{name}: expected an ImageSet, got {type(value).__name__}")
-    fraction = _fraction("fraction", fraction)
-    seed = _seed(seed)
-    n = len(clean)
-    m = int(round(fraction * n))
-    if m < 1:
-        raise ValueError(
-            f"fraction: {fraction} of {n} images injects no image of each kind; raise it"
-        )
-    for name, value in (("pool", pool), ("off_domain", off_domain)):
-        if len(value) < m:
-            raise ValueError(f"{name}: expected at least {m} images to inject, got {len(value)}")
-        if value.images.shape[1:] != clean.images.shape[1:]:
-            raise ValueError(
-                f"{name}: expected images of shape {tuple(clean.images.shape[1:])} like clean, "
-                f"got {tuple(value.images.shape[1:])}"
-            )
-    rng = np.random.default_rng(seed)
-    corrupt_from = pool.subset(np.sort(rng.choice(len(pool), m, replace=False)))
-    kinds = [CORRUPTIONS[i % len(CORRUPTIONS)] for i in range(m)]
-    corrupted = corrupt(corrupt_from.images, kinds, seed=seed)
-    off = off_domain.subset(np.sort(rng.choice(len(off_domain), m, replace=False)))
-    originals = np.sort(rng.choice(n, m, replace=False))
-    copies = near_duplicates(clean.images[torch.as_tensor(originals)], shift=shift, seed=seed + 1)
-
-    images = torch.cat([clean.images, corrupted, off.images, copies])
-    labels = None
-    if clean.labels is not None:
-        n_classes = len(clean.classes) if clean.classes else int(clean.labels.max()) + 1
-        corrupt_labels = (
-            corrupt_from.labels
-            if corrupt_from.labels is not None and pool.classes == clean.classes
-            else torch.as_tensor(rng.integers(0, n_classes, m))
-        )
-        random_labels = torch.as_tensor(rng.integers(0, n_classes, m))
-        labels = torch.cat(
-            [clean.labels, corrupt_labels.long(), random_labels.long(), clean.labels[originals]]
-        )
-    kind = np.array([CLEAN] * n + ["corrupted"] * m + ["off-domain"] * m + ["near-duplicate"] * m)
-    detail = np.array([""] * n + kinds + [""] * 2 * m, dtype=object)
-    source = np.full(n + 3 * m, -1)
-    source[n + 2 * m :] = originals
-
-    order = rng.permutation(n + 3 * m)
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))  # new index of each old index
-    source = source[order]
-    source[source >= 0] = position[source[source >= 0]]
-    shuffled = ImageSet(
-        f"{clean.name}+injected",
-        images[torch.as_tensor(order)].contiguous(),
-        None if labels is None else labels[torch.as_tensor(order)],
-        clean.classes,
-    )
-    return Contaminated(shuffled, kind[order], detail[order], source)
 
 
 # ---------------------------------------------------------------- scoring a set by itself
@@ -320,48 +78,6 @@ def self_scores(
     return result
 
 
-def nearest_other_distance(features, *, normalise: bool = True) -> np.ndarray:
-    """(n,) distance from each row of features (n, d) to the nearest *other* row (n >= 2).
-
-    normalise: L2-normalise the rows first (as k-NN detectors do). Small = likely a duplicate; the
-    leave-one-out 1-nearest-neighbour distance, so large = isolated.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().numpy()
-    x = np.asarray(features, dtype=np.float64)
-    x = x.reshape(len(x), -1) if x.ndim > 2 else x
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"features: expected an (n, d) array with n >= 2, got shape {x.shape}")
-    if normalise:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    distances, _ = NearestNeighbors(n_neighbors=1).fit(x).kneighbors()  # excludes each row itself
-    return distances[:, 0]
-
-
-def neighbour_share(features, members, k: int = 10, *, normalise: bool = True) -> np.ndarray:
-    """For each member row: the share of its k nearest *other* rows that are members too.
-
-    features: (n, d); members: (n,) bool. Returns (members.sum(),). A high share means the members
-    form a cluster of their own, which hides them from any score that looks at k <= cluster size
-    neighbours (a k-NN distance, a density estimate): they support each other.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    x = np.asarray(features, dtype=np.float64)
-    x = x.reshape(len(x), -1) if x.ndim > 2 else x
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"features: expected an (n, d) array with n >= 2, got shape {x.shape}")
-    members = _mask("members", members, len(x))
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k < len(x):
-        raise ValueError(f"k: expected an integer in 1..{len(x) - 1}, got {k!r}")
-    if normalise:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    _, index = NearestNeighbors(n_neighbors=k).fit(x).kneighbors()
-    return members[index[members]].mean(1)
-
-
 def kind_shift(scores: dict[str, np.ndarray], kind: np.ndarray) -> pd.DataFrame:
     """Where each problem kind sits under each score: (mean of the kind - mean of the clean images)
     / standard deviation of the clean images. Negative: the kind scores as less likely.
@@ -374,7 +90,7 @@ def kind_shift(scores: dict[str, np.ndarray], kind: np.ndarray) -> pd.DataFrame:
         raise ValueError("kind: expected at least 2 clean images")
     rows = {}
     for name, values in scores.items():
-        values = _scores(f"scores[{name!r}]", values)
+        values = as_scores(f"scores[{name!r}]", values)
         if len(values) != len(kind):
             raise ValueError(f"scores[{name!r}]: expected {len(kind)} scores, got {len(values)}")
         centre, spread = values[clean].mean(), values[clean].std(ddof=1)
@@ -386,84 +102,7 @@ def kind_shift(scores: dict[str, np.ndarray], kind: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-# ---------------------------------------------------------------- precision at k
-
-
-def _flagged(scores: np.ndarray, k: int, lowest: bool) -> np.ndarray:
-    order = np.argsort(scores if lowest else -scores, kind="stable")
-    return order[:k]
-
-
-def precision_at_k(scores, targets, k: int | None = None, *, direction: str = "lowest") -> float:
-    """Share of targets among the k images a score ranks first.
-
-    scores: (n,) higher = more in-distribution; targets: (n,) bool; k: default the number of targets
-    (precision = recall then); direction: "lowest" (least likely first) or "highest".
-    """
-    scores = _scores("scores", scores)
-    targets = _mask("targets", targets, len(scores))
-    lowest = _direction(direction)
-    k = int(targets.sum()) if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= len(scores):
-        raise ValueError(f"k: expected an integer in 1..{len(scores)}, got {k!r}")
-    return float(targets[_flagged(scores, int(k), lowest)].mean())
-
-
-def bootstrap_precision(
-    scores,
-    targets,
-    *,
-    direction: str = "lowest",
-    share_of_k: float = 1.0,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Precision at k = round(share_of_k * number of targets), with a percentile bootstrap interval.
-
-    Each bootstrap draw resamples the n images with replacement and recounts its targets, so the
-    interval covers both which images happen to be in the set and how many problems it holds.
-    """
-    scores = _scores("scores", scores)
-    targets = _mask("targets", targets, len(scores))
-    lowest = _direction(direction)
-    if not isinstance(share_of_k, int | float) or not 0 < share_of_k <= 1:
-        raise ValueError(f"share_of_k: expected a number in (0, 1], got {share_of_k!r}")
-    if not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot: expected a positive integer, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
-    if not targets.any():
-        raise ValueError("targets: expected at least one target")
-
-    def one(s: np.ndarray, t: np.ndarray) -> float:
-        k = max(1, int(round(share_of_k * t.sum())))
-        return float(t[_flagged(s, k, lowest)].mean())
-
-    rng = np.random.default_rng(_seed(seed))
-    draws = []
-    for _ in range(n_boot):
-        index = rng.integers(0, len(scores), len(scores))
-        if targets[index].any():
-            draws.append(one(scores[index], targets[index]))
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(one(scores, targets), float(low), float(high))
-
-
-def random_precision(n: int, n_targets: int, k: int, level: float = 0.95) -> Interval:
-    """Precision at k of a random ranking of n images holding n_targets targets: its expectation
-    n_targets / n and the central `level` range of hits / k (hits ~ hypergeometric)."""
-    from scipy import stats
-
-    for name, value, low in (("n", n, 1), ("n_targets", n_targets, 0), ("k", k, 1)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    for name, value in (("n_targets", n_targets), ("k", k)):
-        if value > n:
-            raise ValueError(f"{name}: expected at most n={n}, got {value}")
-    hits = stats.hypergeom(n, n_targets, k)
-    low, high = hits.ppf([(1 - level) / 2, (1 + level) / 2])
-    return Interval(n_targets / n, float(low) / k, float(high) / k)
+# ---------------------------------------------------------------- where problems sit, precision at k
 
 
 def precision_table(
@@ -487,7 +126,7 @@ def precision_table(
         raise ValueError(f"directions: expected problems from {PROBLEMS}, got {unknown}")
     rows = []
     for name, values in scores.items():
-        values = _scores(f"scores[{name!r}]", values)
+        values = as_scores(f"scores[{name!r}]", values)
         if len(values) != len(data):
             raise ValueError(f"scores[{name!r}]: expected {len(data)} scores, got {len(values)}")
         for problem, direction in directions.items():
@@ -508,25 +147,6 @@ def precision_table(
 
 
 # ---------------------------------------------------------------- pruning
-
-
-def prune(scores, fraction: float) -> np.ndarray:
-    """(n,) bool keep-mask that removes the round(fraction * n) lowest-scored (least likely) images."""
-    scores = _scores("scores", scores)
-    fraction = _fraction("fraction", fraction, closed=True)
-    keep = np.ones(len(scores), dtype=bool)
-    keep[np.argsort(scores, kind="stable")[: int(round(fraction * len(scores)))]] = False
-    return keep
-
-
-def random_keep(n: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """(n,) bool keep-mask that removes round(fraction * n) images chosen at random (seeded)."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
-    fraction = _fraction("fraction", fraction, closed=True)
-    keep = np.ones(n, dtype=bool)
-    keep[np.random.default_rng(_seed(seed)).permutation(n)[: int(round(fraction * n))]] = False
-    return keep
 
 
 def pruning_probe_table(
@@ -569,48 +189,6 @@ def pruning_probe_table(
             for seed in random_seeds
         ]
     return pd.DataFrame(rows)
-
-
-def compare_to_random(correct, random_correct) -> dict:
-    """Whether a probe's test accuracy differs from random removal's, beyond the noise.
-
-    correct: (m,) bool outcomes of the probe on the m test samples; random_correct: (r, m) bool
-    outcomes of the r random removals on the same test samples. The difference is accuracy minus the
-    mean accuracy of the random removals; its yardstick is 2 x sqrt(the variance of the random
-    accuracies over seeds (0 with one seed) + the paired test-set variance, var_i(correct_i - mean_r
-    random_correct_ri) / m). Returns difference, half_width and verdict: "helps", "hurts" or
-    "no measurable effect".
-    """
-    correct = np.asarray(correct)
-    random_correct = np.atleast_2d(np.asarray(random_correct))
-    if correct.ndim != 1 or correct.size == 0:
-        raise ValueError(f"correct: expected a non-empty (m,) array, got shape {correct.shape}")
-    if random_correct.shape[1:] != correct.shape or random_correct.size == 0:
-        raise ValueError(
-            f"random_correct: expected an (r, {correct.size}) array, got shape {random_correct.shape}"
-        )
-    correct, random_correct = correct.astype(np.float64), random_correct.astype(np.float64)
-    accuracies = random_correct.mean(1)
-    seeds = float(accuracies.var(ddof=1)) if len(accuracies) > 1 else 0.0
-    paired = float((correct - random_correct.mean(0)).var(ddof=1)) / correct.size
-    half_width = 2 * np.sqrt(seeds + paired)
-    difference = float(correct.mean() - accuracies.mean())
-    verdict = "no measurable effect"
-    if difference > half_width:
-        verdict = "helps"
-    elif difference < -half_width:
-        verdict = "hurts"
-    return {"difference": difference, "half_width": float(half_width), "verdict": verdict}
-
-
-def removed_by_class(labels, keep, classes: Sequence[str] | None = None) -> pd.Series:
-    """Share of each class among the removed images (labels (n,), keep (n,) bool)."""
-    labels = np.asarray(labels)
-    keep = _mask("keep", keep, len(labels))
-    removed = labels[~keep]
-    n_classes = len(classes) if classes else int(labels.max()) + 1
-    counts = np.bincount(removed, minlength=n_classes) / max(1, len(removed))
-    return pd.Series(counts, index=list(classes) if classes else range(n_classes), name="removed")
 
 
 def pruning_rankings(
