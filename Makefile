@@ -10,13 +10,14 @@ SCALE  ?= $(or $(JEPABOOK_SCALE),default)
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv data book chapters test lint format clean encoders
+.PHONY: venv data book chapters test lint format clean encoders browser
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -45,8 +46,24 @@ book: chapters
 	$(BIN)/python -m jepabook.book build --src _build/executed --html _build/html
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-## Lint, unit tests, nbval on every chapter (each executed once) and a ci-scale book built from its outputs, at JEPABOOK_SCALE=ci.
-test: venv data
+## Debian's chromium for tests/test_browser.py, installed with apt-get where it is missing (as root, or with
+## `sudo -n`); Playwright's own browser download is never used. JEPABOOK_CHROMIUM names another binary.
+CHROMIUM := $(or $(JEPABOOK_CHROMIUM),chromium)
+APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+browser:
+	@if ! command -v $(CHROMIUM) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; \
+	  else echo "chromium is missing and installing it needs root: apt-get install -y chromium" >&2; exit 1; fi; \
+	  echo "[jepabook] installing chromium for the browser test (apt-get)"; \
+	  $$sudo $(APT_INSTALL) || { $$sudo apt-get update && $$sudo $(APT_INSTALL); }; \
+	fi
+
+## Lint, unit tests, nbval on every chapter (each executed once), then a ci-scale book built once from its
+## outputs into _build/ci/html, checked by tests/test_book.py and, in chromium, by tests/test_browser.py
+## (screenshots in _build/screenshots/), at JEPABOOK_SCALE=ci.
+test: venv data browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	JEPABOOK_SCALE=ci $(BIN)/python -m pytest tests chapters --nbval-lax -p no:cacheprovider

@@ -3,8 +3,9 @@ what it executed.
 
 nbval runs every code cell of chapters/*.ipynb as a test item; the outputs of each cell are recorded
 here. Tests marked `after_chapters` run last, and the `nbval_chapters` fixture hands them what was
-recorded (tests/test_book.py builds the book from it instead of executing the chapters a second
-time). A table of seconds per chapter closes the run.
+recorded: the `ci_book` fixture of tests/conftest.py builds the book from it, once per session,
+for tests/test_book.py and tests/test_browser.py, instead of executing the chapters a second time.
+A table of seconds per chapter closes the run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _OUTPUTS = pytest.StashKey[dict]()  # chapter path -> {code cell number: outputs
 _NOTEBOOKS = pytest.StashKey[dict]()  # chapter path -> the notebook as nbval read it
 _FAILED = pytest.StashKey[set]()  # chapter paths with a failed or skipped cell
 _SECONDS = pytest.StashKey[dict]()  # chapter stem -> seconds
+_PAGES = pytest.StashKey[dict]()  # book page -> seconds in chromium (tests/test_browser.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_NOTEBOOKS] = {}
     config.stash[_FAILED] = set()
     config.stash[_SECONDS] = defaultdict(float)
+    config.stash[_PAGES] = {}
     config.addinivalue_line("markers", "after_chapters: runs after nbval has run the chapters")
 
 
@@ -51,11 +54,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         item.config.stash[_FAILED].add(path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, tuple], set[Path]]:
     """(recorded, failed): {chapter path: (the notebook as nbval read it, {code cell number:
     outputs})} for every chapter nbval ran through without a failure, and the chapters with a failed
-    or skipped cell."""
+    or skipped cell. Read when first asked for, by a test marked `after_chapters` (which runs after
+    every chapter cell)."""
     failed = request.config.stash[_FAILED]
     notebooks, recorded = request.config.stash[_NOTEBOOKS], request.config.stash[_OUTPUTS]
     done = {
@@ -64,10 +68,22 @@ def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, tuple], s
     return done, set(failed)
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    seconds = dict(config.stash[_SECONDS])
-    if seconds:
-        from jepabook.book import timing_table
+@pytest.fixture(scope="session")
+def page_seconds(request: pytest.FixtureRequest) -> dict[str, float]:
+    """{book page: seconds}, filled by tests/test_browser.py and printed at the end of the run."""
+    return request.config.stash[_PAGES]
 
-        terminalreporter.write_sep("-", "chapters executed by nbval")
-        terminalreporter.write_line(timing_table(seconds))
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    from jepabook.book import timing_table
+
+    for title, seconds in (
+        ("chapters executed by nbval", dict(config.stash[_SECONDS])),
+        (
+            "book pages opened in chromium (screenshots in _build/screenshots/)",
+            config.stash[_PAGES],
+        ),
+    ):
+        if seconds:
+            terminalreporter.write_sep("-", title)
+            terminalreporter.write_line(timing_table(seconds))

@@ -28,6 +28,8 @@ from jepabook import verdicts
 SCALES = ("ci", "default", "full")
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_FILES = ("_config.yml", "_toc.yml")
+BOOK_FOLDERS = ("_static",)  # the book's CSS: Jupyter Book loads _static/*.css of the source folder
+SCORECARD = Path("chapters/scorecard.md")  # written by build() from the verdict records
 
 
 def default_scale() -> str:
@@ -50,8 +52,8 @@ def settings(scale: str, table: dict[str, dict[str, Any]]) -> SimpleNamespace:
     return SimpleNamespace(**table[resolve_scale(scale)])
 
 
-def chapter_files(root: Path = ROOT) -> list[Path]:
-    """Notebook paths (relative to root) in the order of _toc.yml."""
+def toc_entries(root: Path = ROOT) -> list[str]:
+    """Every page of _toc.yml (paths relative to root, without suffix), in the order of the book."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     entries = [toc["root"]]
 
@@ -64,7 +66,37 @@ def chapter_files(root: Path = ROOT) -> list[Path]:
                 walk(part.get("chapters", []))
 
     walk(toc.get("chapters", []) + [c for p in toc.get("parts", []) for c in p.get("chapters", [])])
-    return [Path(f"{entry}.ipynb") for entry in entries if (root / f"{entry}.ipynb").exists()]
+    return entries
+
+
+def chapter_files(root: Path = ROOT) -> list[Path]:
+    """Notebook paths (relative to root) in the order of _toc.yml."""
+    return [
+        Path(f"{entry}.ipynb") for entry in toc_entries(root) if (root / f"{entry}.ipynb").exists()
+    ]
+
+
+def markdown_pages(root: Path = ROOT) -> list[Path]:
+    """The Markdown pages of _toc.yml kept in root (relative paths), such as the glossary; the
+    scorecard is not one of them: the build writes it."""
+    pages = [Path(f"{entry}.md") for entry in toc_entries(root)]
+    return [page for page in pages if page != SCORECARD and (root / page).exists()]
+
+
+def copy_book_sources(out: Path, root: Path = ROOT) -> None:
+    """Copy what the book needs besides the notebooks from root into the tree `out`: the
+    configuration, the _static folder (CSS) and the Markdown pages of the table of contents."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        shutil.copy2(root / name, out / name)
+    for name in BOOK_FOLDERS:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        if (root / name).is_dir():
+            shutil.copytree(root / name, out / name)
+    for page in markdown_pages(root):
+        (out / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / page, out / page)
 
 
 def execute(
@@ -81,9 +113,7 @@ def execute(
     # The kernels inherit this environment: a non-interactive MPLBACKEND (Agg) would stop the inline
     # backend from storing figures in the executed notebooks.
     os.environ.pop("MPLBACKEND", None)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in BOOK_FILES:
-        shutil.copy2(root / name, out / name)
+    copy_book_sources(out, root)
     executed, timings = [], {}
     for rel in chapter_files(root):
         if only and rel.stem not in only:
@@ -145,17 +175,16 @@ def write_executed(source, outputs: dict[int, list], target: Path) -> Path:
     return target
 
 
-SCORECARD = Path("chapters/scorecard.md")
-
-
 def build(src: Path, html: Path) -> Path:
     """Build HTML from an executed tree with jupyter-book (execution off); returns html/index.html.
 
-    The scorecard page is written first, from the verdict records of the executed chapters.
+    The configuration, _static/ and Markdown pages are copied from the repository first, the
+    scorecard page is written from the verdict records of the executed chapters, and the front
+    page's figure and scorecard table from those (`write_front_page_parts`).
     """
-    for name in BOOK_FILES:  # the current configuration, even if the chapters were executed before
-        shutil.copy2(ROOT / name, src / name)
+    copy_book_sources(src)  # the current configuration and pages, even if the chapters ran before
     write_scorecard(src)
+    write_front_page_parts(src)
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--builder", "html"]
     subprocess.run(command + ["--quiet"], check=True)
@@ -174,11 +203,37 @@ def write_scorecard(src: Path) -> Path:
     return target
 
 
+FRONT_PAGE = Path("_front")
+"""Where `build` writes the generated parts of the front page (index.md): its figure and the
+scorecard's table."""
+FRONT_FIGURE = ("gmm_density", "gmm_density-fig-heatmap")
+"""The front page's figure: (chapter, the figure's name in its cell metadata)."""
+
+
+def write_front_page_parts(src: Path) -> list[Path]:
+    """Write src/_front/scorecard.md (the table of src/chapters/scorecard.md, which `write_scorecard`
+    writes first) and src/_front/figure.png (the figure FRONT_FIGURE of the executed chapter, when
+    that chapter is in src); returns the paths written."""
+    target = src / FRONT_PAGE
+    target.mkdir(parents=True, exist_ok=True)
+    rows = [line for line in (src / SCORECARD).read_text().splitlines() if line.startswith("|")]
+    (target / "scorecard.md").write_text("\n".join(rows) + "\n")
+    written = [target / "scorecard.md"]
+    chapter, name = FRONT_FIGURE
+    notebook = src / "chapters" / f"{chapter}.ipynb"
+    if notebook.exists():
+        written.append(export_figure(notebook, figure_index(notebook, name), target / "figure.png"))
+    return written
+
+
 def check(html: Path, root: Path = ROOT) -> list[str]:
     """Problems with a built book: a chapter page missing, without a figure, or showing an error."""
     problems = []
-    if not (html / "index.html").exists():
-        problems.append(f"{html / 'index.html'} is missing")
+    front = html / "index.html"
+    if not front.exists():
+        problems.append(f"{front} is missing")
+    elif not all(tag in front.read_text(errors="replace") for tag in ("<img", "<table")):
+        problems.append(f"{front} (the front page) has no figure or no scorecard table")
     scorecard = html / SCORECARD.with_suffix(".html")
     if not scorecard.exists() or "<table" not in scorecard.read_text(errors="replace"):
         problems.append(f"{scorecard} is missing or has no table")
@@ -221,6 +276,19 @@ def export_figure(notebook: Path, index: int, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(base64.b64decode(figures[index]))
     return out
+
+
+def figure_index(notebook: Path, name: str) -> int:
+    """The index (for `export_figure`) of the first PNG figure of the cell whose metadata names the
+    figure `name` (cell.metadata.mystnb.figure.name) in an executed notebook."""
+    index = 0
+    for cell in json.loads(notebook.read_text())["cells"]:
+        named = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
+        pngs = sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+        if named == name and pngs:
+            return index
+        index += pngs
+    raise ValueError(f"name: {notebook} has no PNG figure named {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from jepabook import book
 from jepabook.models import build_encoder
 from jepabook.train import save_checkpoint
 
@@ -24,3 +27,42 @@ def small_cnn_weights(tmp_path_factory) -> Path:
     encoder = build_encoder("cnn", **SMALL_CNN_META["arch_kwargs"])
     path = tmp_path_factory.mktemp("weights") / "fmnist-cnn.pt"
     return save_checkpoint(path, encoder, meta=SMALL_CNN_META)
+
+
+CI_BUILD = book.ROOT / "_build" / "ci"  # the ci-scale book of `make test`: executed/ and html/
+
+
+def _executed_chapters(out: Path, nbval_chapters) -> list[Path]:
+    """The ci-scale chapters under `out`: nbval's outputs where it ran them (so that `make test`
+    executes each chapter once), papermill for the chapters nbval did not run."""
+    outputs, failed = nbval_chapters
+    assert not failed, f"chapters with a failing cell under nbval: {sorted(p.name for p in failed)}"
+    by_name = {path.resolve().relative_to(book.ROOT): run for path, run in outputs.items()}
+    if out.exists():
+        shutil.rmtree(out)
+    book.copy_book_sources(out)
+    missing = [rel.stem for rel in book.chapter_files() if rel not in by_name]
+    if missing:
+        book.execute("ci", out, only=missing)
+    for rel, (notebook, cells) in by_name.items():
+        book.write_executed(notebook, cells, out / rel)
+    return [out / rel for rel in book.chapter_files()]
+
+
+@pytest.fixture(scope="session")
+def ci_executed(nbval_chapters) -> list[Path]:
+    """The chapters executed at ci scale, in _build/ci/executed (from nbval's outputs)."""
+    return _executed_chapters(CI_BUILD / "executed", nbval_chapters)
+
+
+@pytest.fixture(scope="session")
+def ci_book(request: pytest.FixtureRequest) -> Path:
+    """The html folder of the ci-scale book, built once per session into _build/ci/html from
+    `ci_executed`; $JEPABOOK_BOOK_HTML names an html folder built before instead (nothing is built)."""
+    if os.environ.get("JEPABOOK_BOOK_HTML"):
+        html = Path(os.environ["JEPABOOK_BOOK_HTML"]).resolve()
+        assert (html / "index.html").exists(), f"JEPABOOK_BOOK_HTML: no index.html in {html}"
+        return html
+    request.getfixturevalue("ci_executed")
+    book.build(CI_BUILD / "executed", CI_BUILD / "html")
+    return CI_BUILD / "html"

@@ -1,4 +1,5 @@
-"""The whole book at ci scale: papermill execution of every chapter, then the HTML build."""
+"""The whole book at ci scale (built once per session by the `ci_book` fixture of tests/conftest.py from
+nbval's outputs), papermill, the build helpers."""
 
 from __future__ import annotations
 
@@ -21,36 +22,40 @@ def test_settings_and_scales():
         book.settings("ci", {"ci": {}})
 
 
-def _executed_chapters(out: Path, nbval_chapters) -> list[Path]:
-    """The ci-scale chapters under `out`: nbval's outputs where it ran them (so that `make test`
-    executes each chapter once), papermill for the chapters nbval did not run."""
-    outputs, failed = nbval_chapters
-    assert not failed, f"chapters with a failing cell under nbval: {sorted(p.name for p in failed)}"
-    by_name = {path.resolve().relative_to(book.ROOT): run for path, run in outputs.items()}
-    missing = [rel.stem for rel in book.chapter_files() if rel not in by_name]
-    if missing:
-        book.execute("ci", out, only=missing)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in book.BOOK_FILES:
-        (out / name).write_bytes((book.ROOT / name).read_bytes())
-    for rel, (notebook, cells) in by_name.items():
-        book.write_executed(notebook, cells, out / rel)
-    return [out / rel for rel in book.chapter_files()]
-
-
 @pytest.mark.slow
 @pytest.mark.after_chapters
-def test_ci_scale_book_builds_with_every_chapter_and_figure(tmp_path: Path, nbval_chapters):
-    executed = _executed_chapters(tmp_path / "executed", nbval_chapters)
-    assert all(path.exists() for path in executed)
-    assert len(executed) == len(book.chapter_files())
-    index = book.build(tmp_path / "executed", tmp_path / "html")
-    assert index.exists()
-    assert book.check(tmp_path / "html") == []
-    png = book.export_figure(executed[0], 0, tmp_path / "figure.png")
+def test_ci_scale_book_builds_with_every_chapter_and_figure(
+    tmp_path: Path, ci_executed: list[Path], ci_book: Path
+):
+    assert all(path.exists() for path in ci_executed)
+    assert len(ci_executed) == len(book.chapter_files())
+    assert (ci_book / "index.html").exists()
+    assert book.check(ci_book) == []
+    png = book.export_figure(ci_executed[0], 0, tmp_path / "figure.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="index"):
-        book.export_figure(executed[0], 999, tmp_path / "none.png")
+        book.export_figure(ci_executed[0], 999, tmp_path / "none.png")
+
+
+def test_book_sources_copy_the_css_and_the_markdown_pages(tmp_path: Path):
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "_static").mkdir(parents=True)
+    (root / "_static" / "book.css").write_text("pre { white-space: pre-wrap; }")
+    (root / "chapters").mkdir()
+    (root / "chapters" / "glossary.md").write_text("# Glossary")
+    (root / "chapters" / "intro.ipynb").write_text("{}")
+    (root / "_config.yml").write_text("title: t")
+    toc = "root: chapters/intro\nchapters:\n  - file: chapters/glossary\n  - file: chapters/scorecard\n"
+    (root / "_toc.yml").write_text(toc)
+    (out / "_static").mkdir(parents=True)
+    (out / "_static" / "stale.css").write_text("")
+    book.copy_book_sources(out, root)
+    assert (out / "_static" / "book.css").read_text() == "pre { white-space: pre-wrap; }"
+    assert not (out / "_static" / "stale.css").exists()
+    assert (out / "chapters" / "glossary.md").read_text() == "# Glossary"
+    assert (out / "_toc.yml").read_text() == toc and (out / "_config.yml").exists()
+    assert book.markdown_pages(root) == [Path("chapters/glossary.md")]
+    assert book.chapter_files(root) == [Path("chapters/intro.ipynb")]
 
 
 def test_papermill_injects_the_parameters_and_records_outputs(tmp_path: Path):
@@ -102,3 +107,34 @@ def test_resolve_device_names_a_missing_cuda():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="device: 'cuda' was asked for"):
             resolve_device("cuda")
+
+
+def test_front_page_parts_take_the_named_figure_and_the_scorecard_rows(tmp_path: Path):
+    def png() -> nbformat.NotebookNode:  # a display output whose image is the PNG signature
+        return nbformat.v4.new_output("display_data", {"image/png": "iVBORw0KGgo="})
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("a", outputs=[png()]),
+        nbformat.v4.new_code_cell("b", metadata={"mystnb": {"figure": {"name": "wanted"}}}),
+        nbformat.v4.new_code_cell(
+            "c",
+            metadata={"mystnb": {"figure": {"name": "wanted"}}},
+            outputs=[png()],
+        ),
+    ]
+    chapter, _ = book.FRONT_FIGURE
+    path = tmp_path / "chapters" / f"{chapter}.ipynb"
+    path.parent.mkdir(parents=True)
+    nbformat.write(notebook, str(path))
+    assert book.figure_index(path, "wanted") == 1  # the second PNG: the first named cell has none
+    with pytest.raises(ValueError, match="no PNG figure named 'other'"):
+        book.figure_index(path, "other")
+    (tmp_path / book.SCORECARD).write_text(
+        "# Scorecard\n\ntext\n\n| a | b |\n| - | - |\n| 1 | 2 |\n"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(book, "FRONT_FIGURE", (chapter, "wanted"))
+        table, figure = book.write_front_page_parts(tmp_path)
+    assert table.read_text() == "| a | b |\n| - | - |\n| 1 | 2 |\n"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
