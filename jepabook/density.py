@@ -5,7 +5,8 @@ For an encoder f: R^D -> R^K whose embeddings are N(0, I_K),
     full(x) = JEPA-SCORE(x) + log N(f(x); 0, I_K),
 
 which is exactly log p_X(x) when K = D and f pushes p_X onto N(0, I) (an injective f; the paper's
-Theorem 1). For K < D it is not a density of x: JEPA-SCORE then measures how f stretches volume
+Lemma 2; Theorem 1 is its K <= D form, up to level sets). For K < D it is not a density of x:
+JEPA-SCORE then measures how f stretches volume
 within the directions it keeps, and the level sets of f are left out (see the change-of-variables
 chapter).
 """

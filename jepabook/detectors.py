@@ -5,7 +5,7 @@ A `Sample` holds what detectors may look at: the embeddings f(x) (n, K), and opt
 inputs x (n, ...), the encoder itself and class labels. Detectors:
 
 - from the encoder's Jacobian (jepabook.score): `JepaScore`; `ChangeOfVariables`, JEPA-SCORE +
-  log N(f(x); mu, Sigma), the form of Theorem 1's change of variables (a density of x
+  log N(f(x); mu, Sigma), the form of Lemma 2's change of variables (a density of x
   only when K = D); `MultiView`, the multi-view
   estimator of eq. (4), -logmeanexp over M random views of -JEPA-SCORE;
 - from the embeddings only, where scikit-learn does the work: `KNN` (distance to the k-th nearest
@@ -183,7 +183,7 @@ class ChangeOfVariables(JepaScore):
     """JEPA-SCORE(x) + log N(f(x); mu, Sigma).
 
     With gaussian="standard" (N(0, I), the law a Gaussian-embedding JEPA is trained towards) and
-    K = D this is the change-of-variables density of Theorem 1 (`jepabook.density`). With K < D, as
+    K = D this is the change-of-variables density of Lemma 2 (`jepabook.density`). With K < D, as
     for every image encoder here, it is not a density of x: it adds how likely the embedding is under
     a Gaussian to how much f stretches volume in the directions it keeps, a heuristic combination.
     gaussian="fitted" uses mu, Sigma of the training embeddings instead of N(0, I).

@@ -306,7 +306,8 @@ def aupr(inliers, outliers) -> float:
 
 def fpr_at_tpr(inliers, outliers, tpr: float = 0.95) -> float:
     """FPR at `tpr` TPR: the share of outliers (m,) scoring at least the threshold that keeps a
-    fraction `tpr` of the inliers (n,); 0 is perfect, 1 - tpr is chance for continuous scores."""
+    fraction `tpr` of the inliers (n,); 0 is perfect, tpr is chance for continuous scores
+    (a random score accepts outliers as often as inliers)."""
     if not 0 < tpr <= 1:
         raise ValueError(f"tpr: expected a fraction in (0, 1], got {tpr}")
     inliers, outliers = _detection_pair(inliers, outliers)

@@ -214,6 +214,11 @@ RECIPES = {
 }
 
 
+def held_out_samples(mixture: GaussianMixture, scale: str, seed: int = 0) -> torch.Tensor:
+    """(n_eval, D) float32 held-out samples that `gmm_density` scores at `scale` (never trained on)."""
+    return mixture.sample(RECIPES[scale].n_eval, seed=seed + 1000)
+
+
 def gmm_density(
     dim: int,
     n_train: int,
@@ -272,7 +277,7 @@ def gmm_density(
         **recipe,
     )
     train_seconds = time.perf_counter() - start
-    x = mixture.sample(sizes.n_eval, seed=seed + 1000)  # held out: never seen in training
+    x = held_out_samples(mixture, scale, seed)
     log_p = mixture.log_prob(x.double()).numpy()
     trained = density_estimates(encoder, x)
     estimates = {"": trained["jepa_score"], "full_": trained["full"]}
