@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from jepabook.datasets import ImageSet
@@ -69,6 +70,7 @@ def spectrum_figure(
                 if i == 0 and j == 0:
                     row[c + 1].set_title(f"v{c + 1}", fontsize=8)
             row[-1].semilogy(spectra[name][i].numpy())
+            row[-1].yaxis.set_minor_formatter(NullFormatter())  # no overlapping minor labels
             row[-1].tick_params(labelsize=6)
             for ax in row[:-1]:
                 ax.set_axis_off()
