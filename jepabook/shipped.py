@@ -65,16 +65,23 @@ def verified_path(name: str, recipe: dict) -> Path:
     """The shipped weights of `name`, after checking their sha256 and recipe against the manifest.
 
     Raises:
-        ShippedWeightsError: no entry or file, a checksum mismatch, or a recipe that changed since
-            the weights were trained; the message says how to retrain.
+        ShippedWeightsError: no entry (a name not trained yet) or no file, a checksum mismatch, or
+            a recipe that changed since the weights were trained; the message says how to
+            (re)train.
     """
     retrain = f"retrain it with `make encoders ONLY={name}`"
     entry = read_manifest().get(name)
     path = weights_path(name)
-    if entry is None or not path.exists():
+    if entry is None:
         raise ShippedWeightsError(
-            f"name: no shipped weights for {name} ({path} with an entry in {manifest_path()}); "
-            + retrain
+            f"name: no shipped weights for {name}: not trained yet ({manifest_path()} has no entry "
+            f"for it); `make encoders ONLY={name}` trains them, resuming from "
+            f"{encoders_dir() / 'resume'} when an interrupted run left a checkpoint there"
+        )
+    if not path.exists():
+        raise ShippedWeightsError(
+            f"name: no shipped weights for {name}: {path} is missing although {manifest_path()} "
+            f"has an entry for it; restore it from git or {retrain}"
         )
     if sha256(path) != entry["sha256"]:
         raise ShippedWeightsError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jepabook import image_jepa
+from jepabook import image_jepa, shipped
 from jepabook.backbones import load_backbone
 from jepabook.chapters import extremes as ex
 from jepabook.chapters import images as img
@@ -25,7 +26,7 @@ from jepabook.models import MLP, SmallCNN
 from jepabook.probe import embed, linear_probe
 from jepabook.score import jepa_score
 from jepabook.train import TrainConfig, save_checkpoint, train_jepa
-from jepabook.views import ImageViews
+from jepabook.views import LUMA, ImageViews, luminance
 
 
 def test_views_identity_when_every_perturbation_is_off():
@@ -66,6 +67,64 @@ def test_contrast_jitter_changes_intensity_and_rotations_keep_the_background():
         ImageViews(contrast=1.0)
 
 
+def test_views_with_colour_off_draw_what_they_drew_before_the_colour_options():
+    """The shipped grayscale encoders were trained before the colour options existed: with them off,
+    a seeded view and the generator's state afterwards are the ones recorded with that code."""
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(5)
+    view = ImageViews(min_area=0.3, contrast=0.3)(x, generator).double()
+    assert float(view.sum()) == pytest.approx(24303.148921859218, rel=1e-9)
+    assert float((view**2).sum()) == pytest.approx(15731.88845545947, rel=1e-9)
+    assert torch.rand(1, generator=generator).item() == pytest.approx(0.7174928784370422, abs=1e-7)
+
+
+def _colour_view(**colour) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-only views (no crop, rotation, flip, contrast or noise) of random RGB images."""
+    x = torch.rand(256, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    views = ImageViews(min_area=1.0, degrees=0.0, flip=False, noise=0.0, **colour)
+    return x, views(x, torch.Generator().manual_seed(1))
+
+
+def test_grayscale_views_replace_a_fraction_of_the_images_by_their_luminance():
+    x, view = _colour_view(grayscale=0.3)
+    gray = (view[:, 0] == view[:, 1]).all((1, 2)) & (view[:, 1] == view[:, 2]).all((1, 2))
+    assert 0.2 < gray.float().mean() < 0.4  # drawn per image with probability 0.3
+    expected = (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1)
+    torch.testing.assert_close(view[gray, 0], expected[gray])
+    torch.testing.assert_close(view[~gray], x[~gray])  # the others are untouched
+    _, always = _colour_view(grayscale=1.0)
+    assert torch.equal(always[:, :1].expand_as(always), always)
+
+
+def test_saturation_scales_the_chroma_and_keeps_the_luminance():
+    x, view = _colour_view(saturation=0.4)
+    torch.testing.assert_close(luminance(view), luminance(x))
+    chroma, before = view - luminance(view), x - luminance(x)
+    factor = (chroma * before).sum((1, 2, 3)) / (before**2).sum((1, 2, 3))  # per image
+    torch.testing.assert_close(chroma, factor.view(-1, 1, 1, 1) * before)
+    assert factor.min() >= 0.6 - 1e-5 and factor.max() <= 1.4 + 1e-5 and factor.std() > 0.1
+    gray = x.mean(1, keepdim=True).expand_as(x)  # a gray image has no chroma to scale
+    same = ImageViews(min_area=1.0, degrees=0.0, flip=False, noise=0.0, saturation=0.4)
+    torch.testing.assert_close(same(gray, torch.Generator().manual_seed(2)), gray)
+
+
+def test_channel_gain_scales_each_channel_by_its_own_factor():
+    x, view = _colour_view(channel_gain=0.1)
+    gain = (view * x).sum((2, 3)) / (x**2).sum((2, 3))  # (B, 3)
+    torch.testing.assert_close(view, gain[:, :, None, None] * x)
+    assert gain.min() >= 0.9 - 1e-5 and gain.max() <= 1.1 + 1e-5
+    assert (gain[:, 0] - gain[:, 1]).abs().mean() > 0.02  # the channels move independently
+
+
+def test_colour_views_need_rgb_and_fractions():
+    with pytest.raises(ValueError, match="RGB"):
+        ImageViews(grayscale=0.2)(torch.rand(2, 1, 28, 28))
+    for option in ("saturation", "channel_gain", "grayscale"):
+        with pytest.raises(ValueError, match=option):
+            ImageViews(**{option: 1.5})
+    assert not ImageViews().colour and ImageViews(channel_gain=0.1).colour
+
+
 def test_views_need_image_batches():
     with pytest.raises(ValueError, match="x: expected images"):
         ImageViews()(torch.rand(4, 28, 28))
@@ -103,8 +162,43 @@ def test_recipes_name_their_variants():
     assert image_jepa.recipe_for("fmnist-vit", "ci").n_train == image_jepa.CI_TRAIN_SIZE
     with pytest.raises(ValueError, match="name"):
         image_jepa.recipe_for("cifar-cnn")
+    cifar = image_jepa.recipe_for("cifar10-cnn")
+    assert (cifar.dataset, cifar.architecture, cifar.input_size()) == (
+        "cifar10",
+        "resnet",
+        (3, 32, 32),
+    )
+    assert cifar.arch_kwargs()["in_channels"] == 3 and cifar.views().colour
+    assert cifar.epochs(50000) == pytest.approx(image_jepa.CIFAR_EPOCHS, 0.01)
+    no_gray = image_jepa.recipe_for("cifar10-cnn", "ci", grayscale=0.0)
+    assert cifar.variant("default") == "default" and no_gray.variant("ci") == "ci-grayscale0.0"
+    assert not image_jepa.recipe_for("fmnist-cnn").views().colour
+    with pytest.raises(ValueError, match="architecture: vit-projected is sized for 1 x 28 x 28"):
+        image_jepa.recipe_for("cifar10-cnn", architecture="vit-projected").arch_kwargs()
     with pytest.raises(ValueError, match="scale"):
         image_jepa.recipe_for("fmnist-cnn", "huge")
+
+
+def test_recipe_dicts_of_shipped_encoders_leave_out_the_colour_fields_while_off():
+    """Every manifest entry's recipe is the recipe_dict the code builds now (the colour fields,
+    added later, are left out while off), so the shipped weights still load; asdict would not
+    match. Names without a manifest entry (e.g. cifar10-cnn before its run) are not shipped."""
+    manifest = shipped.read_manifest()
+    assert "fmnist-cnn" in manifest
+    for name in image_jepa.shipped_encoders():
+        recipe = image_jepa.recipe_for(name)
+        assert manifest[name]["recipe"] == recipe.recipe_dict(), name
+        assert set(asdict(recipe)) - set(recipe.recipe_dict()) == set(image_jepa.ADDED_FIELDS)
+    trained = image_jepa.load_shipped("fmnist-cnn")  # checksum and recipe checked
+    assert trained.meta["in_channels"] == 1 and trained.encoder(
+        torch.zeros(2, 1, 28, 28)
+    ).shape == (2, 64)
+    cifar = image_jepa.recipe_for("cifar10-cnn").recipe_dict()
+    assert {k: cifar[k] for k in image_jepa.ADDED_FIELDS} == {
+        "saturation": 0.4, "channel_gain": 0.1, "grayscale": 0.2,
+    }  # fmt: skip
+    grey = image_jepa.recipe_for("cifar10-cnn", saturation=0.0, channel_gain=0.0, grayscale=0.0)
+    assert set(grey.recipe_dict()) == set(asdict(grey)) - set(image_jepa.ADDED_FIELDS)
 
 
 def test_trained_encoder_is_cached_and_loads_as_a_backbone(tmp_path, monkeypatch):

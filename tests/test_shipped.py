@@ -1,14 +1,15 @@
-"""Shipped encoders: the `make encoders` path at ci scale, checksums, recipe checks, resuming, probes."""
+"""Shipped encoders: the `make encoders` path at ci scale, checksums, recipe checks, resuming, probes,
+and names whose weights are not trained yet."""
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from jepabook import image_jepa, shipped
+from jepabook.backbones import MissingWeightsError, load_backbone
 from jepabook.chapters import encoders
 from jepabook.losses import VectorViews
 from jepabook.models import MLP
@@ -39,7 +40,7 @@ def test_ship_writes_weights_and_a_complete_manifest_entry(ci_shipped):
         "recipe", "data", "steps", "epochs", "wall_time_s", "device", "probes", "sha256", "commit",
         "learning_curve",
     }  # fmt: skip
-    assert entry["recipe"] == asdict(image_jepa.recipe_for("mnist-cnn", "ci"))
+    assert entry["recipe"] == image_jepa.recipe_for("mnist-cnn", "ci").recipe_dict()
     assert entry["steps"] == 40 and entry["epochs"] == pytest.approx(40 * 64 / 2000)
     assert entry["sha256"] == shipped.sha256(folder / "mnist-cnn.pt")
     probes = entry["probes"]
@@ -54,7 +55,7 @@ def test_ship_writes_weights_and_a_complete_manifest_entry(ci_shipped):
 def test_loading_checks_the_checksum_and_the_recipe(ci_shipped, monkeypatch):
     folder, _ = ci_shipped
     monkeypatch.setenv("JEPABOOK_ENCODERS", str(folder))
-    ci_recipe = asdict(image_jepa.recipe_for("mnist-cnn", "ci"))
+    ci_recipe = image_jepa.recipe_for("mnist-cnn", "ci").recipe_dict()
     assert shipped.verified_path("mnist-cnn", ci_recipe) == folder / "mnist-cnn.pt"
     with pytest.raises(shipped.ShippedWeightsError, match="recipe of mnist-cnn changed.*steps"):
         image_jepa.load_shipped("mnist-cnn")  # the default recipe is not what was trained here
@@ -176,3 +177,83 @@ def test_summary_and_learning_curves_read_what_ship_wrote(ci_shipped, monkeypatc
     assert curves.step.max() == 39 and curves.epoch.max() == pytest.approx(40 * 64 / 2000)
     with pytest.raises(ValueError, match="rows: fmnist-vit"):
         encoders.shipped_summary({"ViT": "fmnist-vit"})
+
+
+@pytest.fixture(scope="module")
+def ci_cifar(tmp_path_factory):
+    """cifar10-cnn trained through `ship` at ci scale (40 steps of 64 of 2,000 images) into a
+    temporary encoders folder; its probes and learning curve use 500 training and 250 test images
+    (instead of ci's 2,000 and 1,000) so that the 20 learning-curve evaluations take seconds."""
+    folder = tmp_path_factory.mktemp("cifar")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JEPABOOK_ENCODERS", str(folder))
+        patch.setitem(image_jepa.PROBE_SIZES, "ci", (500, 250))
+        entry = image_jepa.ship("cifar10-cnn", "ci", device="cpu", progress=False)
+    return folder, entry
+
+
+def test_ship_trains_cifar10_into_a_3_channel_encoder_that_loads_as_a_backbone(
+    ci_cifar, monkeypatch
+):
+    folder, entry = ci_cifar
+    recipe = image_jepa.recipe_for("cifar10-cnn", "ci")
+    assert entry["recipe"] == recipe.recipe_dict() and entry["recipe"]["grayscale"] == 0.2
+    assert entry["steps"] == 40 and entry["data"].endswith("held out: the 10,000 test images")
+    assert {"pixels", "output", "random output", "backbone", "random backbone"} <= set(
+        entry["probes"]
+    )
+    assert {"knn", "knn_backbone"} <= set(entry["learning_curve"])
+    assert not (folder / "resume").exists() or not any((folder / "resume").iterdir())
+
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(folder))
+    trained = image_jepa.load_shipped("cifar10-cnn", "ci")  # checksum and ci recipe checked
+    meta = trained.meta
+    assert (meta["dataset"], meta["in_channels"], meta["image_size"]) == ("cifar10", 3, 32)
+    assert meta["arch_kwargs"]["in_channels"] == 3 and meta["embed_dim"] == 64  # K = 64
+    assert abs(meta["mean"] - 0.473) < 0.01 and abs(meta["std"] - 0.250) < 0.01  # all channels
+    images = image_jepa.held_out_images("cifar10").subset(slice(0, 4))
+    inputs = trained.inputs(images)
+    with torch.no_grad():
+        z = trained.encoder(inputs)
+        assert z.shape == (4, 64) and torch.isfinite(z).all()
+        assert trained.encoder.backbone(inputs).shape == (4, 4 * recipe.width)
+
+    backbone = load_backbone("cifar10-cnn", weights=shipped.weights_path("cifar10-cnn"))
+    assert (backbone.input_size, backbone.embed_dim, backbone.embedding) == (
+        (3, 32, 32),
+        64,
+        "output",
+    )
+    photo = (images.images[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    x = backbone.preprocess(Image.fromarray(photo))  # the same normalisation as training
+    torch.testing.assert_close(x, inputs[0], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.encoder(x[None]), z[:1], rtol=1e-4, atol=1e-5)
+    features = load_backbone("cifar10-cnn", weights=folder / "cifar10-cnn.pt", embedding="backbone")
+    assert features.embed_dim == 4 * recipe.width
+
+
+def test_names_without_a_manifest_entry_are_not_shipped_and_say_how_to_train_them(
+    tmp_path, monkeypatch
+):
+    """The registry lists names whose weights are not trained yet (cifar10-cnn until its long run
+    has finished): they have no manifest entry, count as not shipped (no weights are faked), and
+    loading them raises the error that says `make encoders ONLY=<name>` trains them and resumes
+    an interrupted run. Every name with an entry loads, checksum and recipe checked."""
+    manifest = shipped.read_manifest()
+    names = image_jepa.shipped_encoders()
+    assert "fmnist-cnn" in names and set(names) == set(manifest) & set(image_jepa.TRAINED_ENCODERS)
+    for name in image_jepa.TRAINED_ENCODERS:
+        if name in names:
+            assert image_jepa.load_shipped(name).path == shipped.weights_path(name)
+            continue
+        with pytest.raises(
+            shipped.ShippedWeightsError, match=f"not trained yet.*make encoders ONLY={name}"
+        ):
+            image_jepa.load_shipped(name)
+        with pytest.raises(MissingWeightsError, match=f"make encoders ONLY={name}.*resum"):
+            load_backbone(name)
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(tmp_path))  # an empty folder: nothing trained
+    assert image_jepa.shipped_encoders() == ()
+    with pytest.raises(shipped.ShippedWeightsError, match="ONLY=cifar10-cnn.*resume"):
+        image_jepa.load_shipped("cifar10-cnn")
