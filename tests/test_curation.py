@@ -297,9 +297,6 @@ def test_pruning_summary_compares_each_ranking_with_random_removal():
     assert summary["good − random"].tolist() == [0.75, 0.0]
     assert summary["good: verdict"].tolist() == ["helps", "no measurable effect"]
     assert (yardstick["good"] == summary["good ± (2 s.e.)"]).all()
-    lines = c.pruning_verdicts(summary, yardstick)
-    assert lines[0].startswith("Pruning by good, re-probe (vs random removal): 10% removed: helps")
-    assert "20% removed: no measurable effect (+0.000 ± 0.000)" in lines[0]
 
 
 def test_retrain_keeps_names_each_pruning():
@@ -326,23 +323,20 @@ def hand_made_at_k() -> pd.DataFrame:
     )  # fmt: skip
 
 
-def test_problem_verdicts_on_a_hand_made_table(capsys):
-    verdicts = c.problem_verdicts(hand_made_at_k())
-    corrupted, off_domain, duplicate = (verdicts[p] for p in contamination.PROBLEMS)
-    assert corrupted[1] == (
-        "not distinguishable from a random ranking (0.20 vs 0.10; best other 0.90)"
-    )
-    assert corrupted[0].endswith("1 of 1 other scores clearly better (other)")
-    assert "JEPA-SCORE finds 2 (precision 0.20 [0.00, 0.40])" in corrupted[0]
-    assert off_domain[1] == (
-        "above random and not clearly behind any score (0.80; best JEPA-SCORE 0.80)"
-    )
-    assert duplicate[0].startswith("  near-duplicate (10 to find among the highest scores)")
-    assert "better than a random ranking (0.10)" in duplicate[0]
-    assert capsys.readouterr().out == ""  # the chapter prints; the helpers only return lines
+def test_problem_table_on_a_hand_made_table():
+    table = c.problem_table(hand_made_at_k())
+    assert table.index.tolist() == [f"{p} (k=10)" for p in contamination.PROBLEMS]
+    corrupted, off_domain, duplicate = (table.iloc[i] for i in range(3))
+    assert corrupted.to_dict() == {
+        "JEPA-SCORE": "0.20 [0.00, 0.40]", "random": "0.10", "above random": "no",
+        "best score": "other 0.90", "clearly better": "1 of 1",
+    }  # fmt: skip
+    assert off_domain["above random"] == "yes" and off_domain["clearly better"] == "0 of 1"
+    assert off_domain["best score"] == "JEPA-SCORE 0.80"
+    assert duplicate["above random"] == "yes"  # 0.5 [0.4, 0.7] against random's 0.0..0.3
 
 
-def test_verdict_lines_of_a_hand_made_retraining():
+def test_retraining_comparison_of_a_hand_made_retraining():
     names = ["none (whole clean set)", "JEPA-SCORE pruned", "random pruned (seed 0)"]
     correct = {
         names[0]: np.array([1, 1, 1, 0], bool),
@@ -357,23 +351,7 @@ def test_verdict_lines_of_a_hand_made_retraining():
     keeps = dict.fromkeys(names, np.ones(4, bool))
     retrained = c.Retrained(keeps, dict.fromkeys(names), correct, accuracy, aurocs, pd.DataFrame())
     assert retrained.random_names == ["random pruned (seed 0)"]
-    assert c.retraining_verdicts(retrained, ["JEPA-SCORE"], 0.2) == [
-        "Retrained after removing 20% by JEPA-SCORE: probe 0.500 (random removal 0.250..0.250,"
-        " no removal 0.750); JEPA-SCORE AUROC · MNIST: 0.80 (random 0.60..0.60)"
-    ]
-    summary, _ = c.pruning_summary(hand_made_probe_table(), ["good"])
-    summary = summary.rename(columns=lambda col: col.replace("good", "JEPA-SCORE"))
-    found_by = {"E": {"corrupted": "v1"}}
-    lines = c.jepa_verdicts(found_by, summary, retrained, 0.2)
-    assert lines[0] == "Finding corrupted images with JEPA-SCORE (E): v1."
-    assert lines[1] == (
-        "Removing JEPA-SCORE's least likely images, frozen encoder, against random removal: "
-        "10%: helps; 20%: no measurable effect (largest difference 0.750 in accuracy)."
-    )
-    assert lines[2].startswith(
-        "Retrained after removing 20% by JEPA-SCORE: probe 0.500 against 0.250..0.250 after"
-        " random removals: "
-    )
-    assert lines[2].endswith(
-        "with 1 random retraining(s), the spread over retrainings is poorly known)."
-    )
+    verdict = c.retraining_comparison(retrained)
+    assert verdict["difference"] == pytest.approx(0.25)  # 2/4 correct against 1/4
+    assert verdict["half_width"] == pytest.approx(0.5)  # 2 sqrt(var([0, 1, 0, 0]) / 4), one seed
+    assert verdict["verdict"] == "no measurable effect"

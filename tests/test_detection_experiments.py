@@ -87,3 +87,17 @@ def test_standing_counts_only_the_detectors_an_encoder_was_scored_with():
     standing = de.standing(table, "b")
     assert standing.loc["e", "of"] == 3 and standing.loc["f", "of"] == 2
     assert standing.loc["f", "rank"] == 1
+
+
+def test_sets_by_encoder_lists_each_encoders_sets_with_or_without_a_value():
+    rows = pd.DataFrame(
+        {
+            "encoder": ["a", "a", "b"],
+            "set": ["faces", "galaxies", "MNIST"],
+            "auroc": [0.1, 0.25, 0.9],
+        }
+    )
+    plain = de.sets_by_encoder(rows, ["a", "b", "c"])
+    assert plain.to_dict() == {"a": "faces, galaxies", "b": "MNIST", "c": "none"}
+    valued = de.sets_by_encoder(rows, ["a"], "auroc")
+    assert valued.to_dict() == {"a": "faces (0.10), galaxies (0.25)"}

@@ -374,120 +374,55 @@ def precision_cells(at_k: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def problem_verdicts(at_k: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """What JEPA-SCORE finds of each problem, against a random ranking and the other scores.
-
-    at_k: a `precision_table` at one share of k (one row per detector x problem, with a
-    "JEPA-SCORE" detector; the "random score (control)" detector is left out). Returns
-    {problem: (line, short)}: a full sentence, and a short verdict ("not distinguishable from a
-    random ranking", "above random ... but behind n scores" or "above random and not clearly behind
-    any score"); "clearly better" means the two intervals do not overlap.
-    """
+def _findings(at_k: pd.DataFrame) -> dict[str, dict]:
+    """Per problem, what JEPA-SCORE finds in a `precision_table` at one share of k: its row
+    ("jepa"), the best score and its row ("best", "best_row"), the scores whose interval lies
+    above JEPA-SCORE's ("clearly_better"), the number of other scores ("others") and whether
+    JEPA-SCORE's interval lies above the random ranking's range ("above_random"). The
+    "random score (control)" detector is left out."""
     out = {}
     for problem in PROBLEMS:
         rows = at_k[(at_k.problem == problem) & (at_k.detector != "random score (control)")]
         rows = rows.set_index("detector")
         best, jepa = rows.precision.idxmax(), rows.loc["JEPA-SCORE"]
-        clearly_better = rows.index[rows.low > jepa.high].tolist()
-        above_random = jepa.low > jepa.random_high
-        against_random = "better than" if above_random else "not distinguishable from"
-        best_p = f"{best} {rows.precision[best]:.2f}"
-        line = (
-            f"  {problem} ({jepa.k} to find among the {jepa.direction} scores): JEPA-SCORE finds "
-            f"{round(jepa.precision * jepa.k)} (precision {format_interval(*jepa[['precision', 'low', 'high']], 2)}),"
-            f" {against_random} a random ranking ({jepa.random:.2f}); best: {best_p}"
-            f" [{rows.low[best]:.2f}, {rows.high[best]:.2f}];"
-            f" {len(clearly_better)} of {len(rows) - 1} other scores clearly better"
-            + (f" ({', '.join(clearly_better)})" if clearly_better else "")
-        )  # fmt: skip
-        if not above_random:
-            short = (
-                "not distinguishable from a random ranking"
-                f" ({jepa.precision:.2f} vs {jepa.random:.2f}; best {best_p})"
-            )
-        elif clearly_better:
-            short = f"above random ({jepa.precision:.2f}) but behind {len(clearly_better)} scores (best {best_p})"
-        else:
-            short = f"above random and not clearly behind any score ({jepa.precision:.2f}; best {best_p})"
-        out[problem] = (line, short)
+        out[problem] = {
+            "jepa": jepa,
+            "best": best,
+            "best_row": rows.loc[best],
+            "clearly_better": rows.index[rows.low > jepa.high].tolist(),
+            "others": len(rows) - 1,
+            "above_random": bool(jepa.low > jepa.random_high),
+        }
     return out
 
 
-def pruning_verdicts(summary: pd.DataFrame, yardstick: dict[str, pd.Series]) -> list[str]:
-    """One line per ranking of a `pruning_summary`: its verdict against random removal per fraction."""
-    return [
-        f"Pruning by {name}, re-probe (vs random removal): "
-        + "; ".join(
-            f"{100 * x:.0f}% removed: {summary.loc[x, f'{name}: verdict']}"
-            f" ({summary.loc[x, f'{name} − random']:+.3f} ± {half_width[x]:.3f})"
-            for x in summary.index
-        )
-        for name, half_width in yardstick.items()
-    ]
+def problem_table(at_k: pd.DataFrame) -> pd.DataFrame:
+    """What JEPA-SCORE finds of each problem, as a narrow table (one row per problem, "<problem>
+    (k=...)"): its precision at k [interval], a random ranking's expected precision, whether it is
+    above the random ranking's range, the best score with its precision, and how many of the other
+    scores are clearly better (intervals not overlapping). at_k: a `precision_table` at one share of k
+    (the "random score (control)" detector is left out)."""
+    rows = {}
+    for problem, found in _findings(at_k).items():
+        jepa = found["jepa"]
+        rows[f"{problem} (k={jepa.k})"] = {
+            "JEPA-SCORE": format_interval(jepa.precision, jepa.low, jepa.high, 2),
+            "random": f"{jepa.random:.2f}",
+            "above random": "yes" if found["above_random"] else "no",
+            "best score": f"{found['best']} {found['best_row'].precision:.2f}",
+            "clearly better": f"{len(found['clearly_better'])} of {found['others']}",
+        }
+    return pd.DataFrame(rows).T.rename_axis("problem")
 
 
-def _random_probe(retrained: Retrained) -> list[float]:
-    return [retrained.probe_accuracy[name] for name in retrained.random_names]
-
-
-def retraining_verdicts(
-    retrained: Retrained, rankings: Sequence[str], fraction: float
-) -> list[str]:
-    """One line per ranking: probe accuracy and AUROCs after retraining on the images it keeps,
-    against the random removals' range and no removal."""
-    aurocs, accuracy = retrained.aurocs, retrained.probe_accuracy
-    random_probe = _random_probe(retrained)
-    rand = aurocs[aurocs.encoder.isin(retrained.random_names)].groupby("column").auroc
-    lines = []
-    for name in rankings:
-        row = aurocs[aurocs.encoder == f"{name} pruned"].set_index("column")
-        shifts = ", ".join(
-            f"{c}: {row.auroc[c]:.2f} (random {rand.min()[c]:.2f}..{rand.max()[c]:.2f})"
-            for c in row.index
-        )
-        lines.append(
-            f"Retrained after removing {100 * fraction:.0f}% by {name}: probe {accuracy[f'{name} pruned']:.3f}"
-            f" (random removal {min(random_probe):.3f}..{max(random_probe):.3f},"
-            f" no removal {accuracy['none (whole clean set)']:.3f}); {shifts}"
-        )  # fmt: skip
-    return lines
-
-
-def jepa_verdicts(
-    found_by: dict[str, dict[str, str]],
-    summary: pd.DataFrame,
-    retrained: Retrained,
-    fraction: float,
-) -> list[str]:
-    """The chapter's verdicts on JEPA-SCORE in a few lines.
-
-    found_by: {encoder name: {problem: short verdict}} (`problem_verdicts`); summary: a
-    `pruning_summary` with a "JEPA-SCORE" ranking; retrained: with a "JEPA-SCORE pruned" encoder,
-    compared with the random removals by `compare_to_random` on the probe's test outcomes.
-    """
-    lines = [
-        f"Finding {problem} images with JEPA-SCORE ({encoder_name}): {verdict}."
-        for encoder_name, short in found_by.items()
-        for problem, verdict in short.items()
-    ]
-    lines.append(
-        "Removing JEPA-SCORE's least likely images, frozen encoder, against random removal: "
-        + "; ".join(f"{100 * x:.0f}%: {v}" for x, v in summary["JEPA-SCORE: verdict"].items())
-        + f" (largest difference {summary['JEPA-SCORE − random'].abs().max():.3f} in accuracy)."
-    )
+def retraining_comparison(retrained: Retrained, name: str = "JEPA-SCORE") -> dict:
+    """The probe of the encoder retrained after pruning by ranking `name` against the encoders
+    retrained after random removals, on the same test images (`ranking.compare_to_random`: the
+    difference in accuracy, its half width and the verdict)."""
     correct = retrained.probe_correct
-    verdict = compare_to_random(
-        correct["JEPA-SCORE pruned"], np.stack([correct[name] for name in retrained.random_names])
+    return compare_to_random(
+        correct[f"{name} pruned"], np.stack([correct[n] for n in retrained.random_names])
     )
-    random_probe = _random_probe(retrained)
-    lines.append(
-        f"Retrained after removing {100 * fraction:.0f}% by JEPA-SCORE:"
-        f" probe {retrained.probe_accuracy['JEPA-SCORE pruned']:.3f}"
-        f" against {min(random_probe):.3f}..{max(random_probe):.3f} after random removals:"
-        f" {verdict['verdict']} ({verdict['difference']:+.3f} ± {verdict['half_width']:.3f};"
-        f" with {len(random_probe)} random retraining(s), the spread over retrainings is poorly known)."
-    )  # fmt: skip
-    return lines
 
 
 # ---------------------------------------------------------------- figure

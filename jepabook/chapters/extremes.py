@@ -10,6 +10,15 @@ from scipy import stats
 
 from jepabook.plots import figure, image_strip
 
+AGREEMENT_COLUMNS = {
+    "spearman": "Spearman",
+    "tail_overlap": "tail overlap",
+    "spearman_shuffled": "Spearman, shuffled",
+    "tail_overlap_shuffled": "tail overlap, shuffled",
+    "partial_spearman": "partial Spearman",
+}
+"""Column labels of `agreement` tables as the chapter shows them (short, and breakable between words)."""
+
 
 def extremes(
     scores: np.ndarray, labels: np.ndarray, k: int = 5

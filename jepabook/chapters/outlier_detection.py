@@ -182,6 +182,20 @@ def auroc_heatmap(ax, table: pd.DataFrame, encoder: str, title: str = ""):
     return image
 
 
+def sets_by_encoder(rows: pd.DataFrame, encoders: list[str], value: str | None = None) -> pd.Series:
+    """Per encoder, the sets named in `rows` (columns encoder, set and optionally `value`) as one
+    string, "galaxies, faces" or with the value "galaxies (0.12), faces (0.30)"; "none" for an
+    encoder without rows. For narrow tables of which (encoder, set) pairs share a verdict."""
+
+    def text(row) -> str:
+        return row.set if value is None else f"{row.set} ({getattr(row, value):.2f})"
+
+    named = {encoder: [] for encoder in encoders}
+    for row in rows.itertuples():
+        named[row.encoder].append(text(row))
+    return pd.Series({e: ", ".join(names) or "none" for e, names in named.items()})
+
+
 def folder_samples(backbone, folders: dict[str, list]) -> tuple[Sample, Sample, dict[str, Sample]]:
     """Samples of image files under a pretrained backbone (its own preprocessing).
 
