@@ -99,5 +99,5 @@ def test_sets_by_encoder_lists_each_encoders_sets_with_or_without_a_value():
     )
     plain = de.sets_by_encoder(rows, ["a", "b", "c"])
     assert plain.to_dict() == {"a": "faces, galaxies", "b": "MNIST", "c": "none"}
-    valued = de.sets_by_encoder(rows, ["a"], "auroc")
+    valued = de.sets_by_encoder(rows[rows.encoder == "a"], ["a"], "auroc")
     assert valued.to_dict() == {"a": "faces (0.10), galaxies (0.25)"}
