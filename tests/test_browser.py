@@ -357,6 +357,28 @@ def test_every_page_has_a_screenshot(sweep: Sweep):
     assert all(shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for shot in shots)
 
 
+TEACHING_PAGE = "chapters/lemma1_sphere"  # the two screenshots a teacher looks at first
+
+
+def test_screenshots_of_a_chapter_top_and_an_exercise(browser: Browser, site: str, sweep: Sweep):
+    """Screen-sized views of what a student meets: a chapter's opening (its learning goals) and its
+    first exercise with the solution opened, as _build/screenshots/<chapter>-top.png and -exercise.png."""
+    page, name = browser.page, Path(TEACHING_PAGE).name
+    browser.current = TEACHING_PAGE
+    page.goto(f"{site}{TEACHING_PAGE}.html", wait_until="load")
+    page.evaluate(MATHJAX_DONE_JS)
+    assert "You will learn" in page.locator("article").first.inner_text()
+    top = SCREENSHOTS / f"{name}-top.png"
+    page.screenshot(path=top)
+    exercise = page.locator("article div.exercise").first
+    exercise.scroll_into_view_if_needed()
+    page.locator("article div.solution button.toggle-button").first.click()
+    page.wait_for_timeout(300)  # the toggle's transition
+    shot = SCREENSHOTS / f"{name}-exercise.png"
+    page.screenshot(path=shot)
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in (top, shot))
+
+
 def test_search_finds_sigreg_and_not_a_made_up_word(browser: Browser, site: str):
     page = browser.page
     browser.current = "search"
