@@ -2,8 +2,8 @@
 ranking finds them (`jepabook.ranking`), prune the least likely images and measure what it does
 downstream, and retrain the encoder on the pruned set; then the chapter's verdicts and figures.
 
-Size: about 700 lines, the whole curation experiment (self-ranking, precision tables, pruning probes,
-retraining, five verdict functions and the figures): what it reuses is already in the library, and
+Size: about 580 lines, the whole curation experiment (self-ranking, precision tables, pruning probes,
+retraining, its check and verdict records, and the figures): what it reuses is already in the library, and
 splitting the rest further would scatter one chapter's protocol over several files.
 """
 
