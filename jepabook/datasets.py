@@ -209,6 +209,14 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _cached_arrays(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a cached .npz, after `fetch(what)` when it is not cached yet."""
+    if not path.is_file():
+        fetch(what)
+    with np.load(path) as npz:
+        return npz["images"], npz["labels"]
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (the MNIST format), gzipped or not: uint8 array of the shape its header gives."""
     raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
@@ -264,10 +272,7 @@ def fashion_mnist(split: str = "train") -> ImageSet:
     """
     _choice("split", split, SPLITS)
     path = _fashion_mnist_cache(split)
-    if not path.is_file():
-        fetch("fashion-mnist")
-    with np.load(path) as npz:
-        images, labels = npz["images"], npz["labels"]
+    images, labels = _cached_arrays(path, "fashion-mnist")
     return ImageSet(
         f"fashion-mnist-{split}",
         _to_images(images, 255),
@@ -353,10 +358,7 @@ def mnist_digits() -> ImageSet:
     1,000 per digit; sorted by digit, so shuffle before splitting) and classes "0".."9".
     """
     path = _mnist_cache()
-    if not path.is_file():
-        fetch("mnist")
-    with np.load(path) as npz:
-        images, labels = npz["images"], npz["labels"]
+    images, labels = _cached_arrays(path, "mnist")
     return ImageSet(
         "mnist", _to_images(images), torch.from_numpy(labels.astype(np.int64)), list(MNIST_CLASSES)
     )
@@ -645,10 +647,7 @@ def cifar10(split: str = "train") -> ImageSet:
     """
     _choice("split", split, CIFAR10_SIZES)
     path = _cifar10_cache(split)
-    if not path.is_file():
-        fetch("cifar10")
-    with np.load(path) as npz:
-        images, labels = npz["images"], npz["labels"]
+    images, labels = _cached_arrays(path, "cifar10")
     return ImageSet(
         f"cifar10-{split}",
         torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255),
