@@ -26,6 +26,7 @@ import torch
 
 from jepabook import distributed
 from jepabook import folder_scoring as fs
+from jepabook.approx_score import DEFAULT_PROBES, DEFAULT_STEPS
 from jepabook.backbones import Backbone, list_backbones, load_backbone
 from jepabook.devices import resolve_device
 from jepabook.gallery import write_gallery
@@ -40,7 +41,9 @@ CPU_BATCH, CUDA_BATCH = 32, 64
 EPILOG = """\
 output: one row per file under DIR (sorted by path): path (relative to DIR), score (JEPA-SCORE),
 rank (1 = most likely among the scored images; empty for errors), embedding_norm, status
-("ok"/"error"), error (the reason, e.g. "not an image"), backbone, embedding.
+("ok"/"error"), error (the reason, e.g. "not an image"), backbone, embedding, method ("exact"
+or "approx:probes=B,steps=S,seed=N"), score_stderr (0 for exact; for --method approx the
+estimated standard error of the score from its probes, which leaves out the quadrature bias).
 
 Each finished batch is appended to OUT.partial.jsonl; an interrupted run keeps all finished
 batches and `--resume` scores only the files not done yet. The final OUT is written atomically
@@ -99,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--precision", choices=PRECISIONS, default="float32",
                        help="Jacobian precision: float32 (default, exact); on CUDA tf32 or bf16, "
                        "faster, relative score error about 1e-5 and 1e-4 (README)")  # fmt: skip
+    score.add_argument("--method", choices=("exact", "approx"), default="exact",
+                       help="exact (default): all K Jacobian rows; approx: block Lanczos "
+                       "quadrature from b*s products (score_stderr column: its error estimate)")  # fmt: skip
+    score.add_argument("--probes", type=_positive_int, metavar="B",
+                       help=f"--method approx: probe block width (default: {DEFAULT_PROBES})")  # fmt: skip
+    score.add_argument("--steps", type=_positive_int, metavar="S",
+                       help=f"--method approx: Lanczos steps (default: {DEFAULT_STEPS})")  # fmt: skip
+    score.add_argument("--seed", type=int, default=0, metavar="N",
+                       help="--method approx: seed of the probes (default: 0)")  # fmt: skip
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(run=run_score)
     return parser
@@ -114,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     if args.command == "score" and args.device == "cuda" and not torch.cuda.is_available():
         return _fail("--device: cuda was asked for but no CUDA device is available", code=2)
+    if args.command == "score" and args.method == "exact":
+        for flag in ("probes", "steps"):
+            if getattr(args, flag) is not None:
+                return _fail(f"--{flag}: only used with --method approx", code=2)
+    if args.command == "score" and args.method == "approx" and args.precision != "float32":
+        return _fail("--precision: --method approx computes in float32 only", code=2)
     if args.command == "score" and args.precision != "float32":
         if resolve_device(args.device).type != "cuda":
             return _fail(f"--precision: {args.precision} needs a CUDA device; use float32", code=2)
@@ -233,7 +251,10 @@ def _prepare(args: argparse.Namespace, device: torch.device) -> Plan:
         raise ScoreError(f"DIR: {args.dir} holds no files; nothing to score (no output written)")
     try:  # MissingWeightsError is a FileNotFoundError
         backbone = _load_backbone(args, device)
-        previous = _previous_results(out, journals, backbone) if args.resume else fs.combine([])
+        method = fs.method_tag(args.method, **(_approx_options(args) or {}))
+        previous = (
+            _previous_results(out, journals, backbone, method) if args.resume else fs.combine([])
+        )
     except (ValueError, FileNotFoundError) as error:
         raise ScoreError(str(error)) from None
     done = set(previous["path"])
@@ -252,6 +273,7 @@ def _score_share(args: argparse.Namespace, plan: Plan, device: torch.device) -> 
         fs.score_folder(
             plan.share, plan.backbone, root=args.dir, batch_size=batch_size, device=device,
             journal=journal, progress=not args.quiet and rank == 0, precision=args.precision,
+            approx=_approx_options(args),
         )  # fmt: skip
     except KeyboardInterrupt:
         raise ScoreError(f"interrupted: {_kept_hint(args.out)}", code=130) from None
@@ -278,6 +300,13 @@ def _finish(args: argparse.Namespace, plan: Plan, n_new: int, elapsed: float) ->
     return 0
 
 
+def _approx_options(args: argparse.Namespace) -> dict | None:
+    """None for --method exact, else the approximation's options {probes, steps, seed}."""
+    if args.method == "exact":
+        return None
+    return {"probes": args.probes, "steps": args.steps, "seed": args.seed}
+
+
 def _load_backbone(args: argparse.Namespace, device: torch.device):
     return load_backbone(
         args.backbone, weights=args.weights, embedding=args.embedding, device=device,
@@ -285,11 +314,12 @@ def _load_backbone(args: argparse.Namespace, device: torch.device):
     )  # fmt: skip
 
 
-def _previous_results(out: Path, journals: list[Path], backbone):
+def _previous_results(out: Path, journals: list[Path], backbone, method: str = "exact"):
     """Rows already done (a previous OUT, then the journals); ValueError if made with another model."""
     frames = [fs.read_table(out)] if out.exists() else []
     previous = fs.combine([*frames, fs.merge_journals(journals)])
-    for column, expected in (("backbone", backbone.name), ("embedding", backbone.embedding)):
+    checks = (("backbone", backbone.name), ("embedding", backbone.embedding), ("method", method))
+    for column, expected in checks:
         other = set(previous[column].dropna()) - {expected}
         if other:
             raise ValueError(

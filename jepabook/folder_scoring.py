@@ -24,10 +24,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from jepabook.score import jepa_score
+from jepabook.approx_score import DEFAULT_PROBES, DEFAULT_STEPS
+from jepabook.score import jepa_score, jepa_score_with_error
 
-COLUMNS = ["path", "score", "rank", "embedding_norm", "status", "error", "backbone", "embedding"]
+COLUMNS = [
+    "path", "score", "rank", "embedding_norm", "status", "error", "backbone", "embedding",
+    "method", "score_stderr",
+]  # fmt: skip
 RECORD_COLUMNS = [c for c in COLUMNS if c != "rank"]
+# columns added later: an older table or journal without them reads as exact scores
+LATER_COLUMNS = {"method": "exact", "score_stderr": 0.0}
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 
@@ -64,14 +70,31 @@ def load_image(path: Path, preprocess) -> torch.Tensor:
         raise ValueError(f"unreadable image: {type(error).__name__}: {error}") from None
 
 
+def method_tag(method: str = "exact", probes: int | None = None, steps: int | None = None,
+               seed: int = 0) -> str:  # fmt: skip
+    """The `method` column: "exact", or "approx:probes=b,steps=s,seed=n" (the defaults filled in)."""
+    if method == "exact":
+        return "exact"
+    b, s = probes or DEFAULT_PROBES, steps or DEFAULT_STEPS
+    return f"approx:probes={b},steps={s},seed={seed}"
+
+
 def score_batch(
-    encoder, x: torch.Tensor, precision: str = "float32"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """JEPA-SCORE and embedding norm ||f(x)|| of a batch (B, C, H, W); two (B,) float64 tensors."""
-    scores = jepa_score(encoder, x, precision=precision)
+    encoder, x: torch.Tensor, precision: str = "float32", approx: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """JEPA-SCORE, embedding norm ||f(x)|| and the score's standard error of a batch (B, C, H, W).
+
+    approx: None for the exact score (error 0), or `jepa_score`'s approximation options
+    (probes, steps, seed). Returns three (B,) float64 tensors.
+    """
+    if approx is None:
+        scores = jepa_score(encoder, x, precision=precision)
+        errors = torch.zeros_like(scores)
+    else:
+        scores, errors = jepa_score_with_error(encoder, x, method="approx", **approx)
     with torch.no_grad():
         norms = encoder(x).flatten(1).norm(dim=1).to(torch.float64)
-    return scores, norms
+    return scores, norms, errors
 
 
 def score_folder(
@@ -84,6 +107,7 @@ def score_folder(
     journal: Path | None = None,
     progress: bool = True,
     precision: str = "float32",
+    approx: dict | None = None,
 ) -> pd.DataFrame:
     """Score the given files (relative to root) in batches, appending each batch to `journal`.
 
@@ -93,6 +117,8 @@ def score_folder(
         batch_size: images per call to `jepa_score`.
         journal: JSON-lines file the records of each finished batch are appended to, or None.
         precision: `jepa_score`'s precision ("float32"; on CUDA also "tf32" or "bf16").
+        approx: None (exact scores) or the approximation's options {probes, steps, seed}; the
+            `score_stderr` column then holds each score's estimated standard error.
 
     Returns:
         one row per file with the `RECORD_COLUMNS` (no rank), in the order of `files`.
@@ -102,7 +128,7 @@ def score_folder(
     with tqdm(total=len(files), unit="img", disable=not progress, desc="JEPA-SCORE") as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            batch = _score_chunk(chunk, backbone, root, device, expected, precision)
+            batch = _score_chunk(chunk, backbone, root, device, expected, precision, approx)
             if journal is not None:
                 append_journal(journal, batch)
             records.extend(batch)
@@ -111,13 +137,15 @@ def score_folder(
 
 
 def _score_chunk(
-    chunk, backbone, root: Path, device, expected: tuple | None, precision: str
+    chunk, backbone, root: Path, device, expected: tuple | None, precision: str, approx=None
 ) -> list[dict]:
     """Records for one batch of files: load each, score the readable ones together."""
-    meta = {"backbone": backbone.name, "embedding": backbone.embedding}
+    tag = method_tag("exact") if approx is None else method_tag("approx", **approx)
+    meta = {"backbone": backbone.name, "embedding": backbone.embedding, "method": tag}
     records, tensors = [], []
     for rel in chunk:
         record = {"path": rel.as_posix(), "score": None, "embedding_norm": None, **meta}
+        record["score_stderr"] = None
         try:
             tensor = load_image(root / rel, backbone.preprocess)
             if expected is not None and tuple(tensor.shape) != expected:
@@ -132,24 +160,33 @@ def _score_chunk(
     ok = [r for r in records if r["status"] == "ok"]
     if tensors:
         x = torch.stack(tensors).to(device)
-        for record, result in zip(ok, _score_tensors(backbone.encoder, x, precision), strict=True):
+        results = _score_tensors(backbone.encoder, x, precision, approx)
+        for record, result in zip(ok, results, strict=True):
             record.update(result)
     return records
 
 
-def _score_tensors(encoder, x: torch.Tensor, precision: str) -> list[dict]:
-    """Score and norm per sample of x (B, ...); a non-finite Jacobian becomes that sample's error."""
+def _score_tensors(encoder, x: torch.Tensor, precision: str, approx=None) -> list[dict]:
+    """Score, norm and standard error per sample of x (B, ...); a non-finite Jacobian (or
+    approximation) becomes that sample's error."""
     try:
-        scores, norms = score_batch(encoder, x, precision)
+        scores, norms, errors = score_batch(encoder, x, precision, approx)
+        if approx is not None and not torch.isfinite(scores).all():
+            raise FloatingPointError("non-finite approximate score")
     except FloatingPointError:
         if len(x) == 1:
             reason = "non-finite Jacobian: JEPA-SCORE undefined for this image"
-            return [{"score": None, "embedding_norm": None, "status": "error", "error": reason}]
+            return [
+                {"score": None, "embedding_norm": None, "score_stderr": None, "status": "error",
+                 "error": reason}
+            ]  # fmt: skip
         # one bad sample must not cost the whole batch: redo it sample by sample
-        return [_score_tensors(encoder, x[i : i + 1], precision)[0] for i in range(len(x))]
+        return [_score_tensors(encoder, x[i : i + 1], precision, approx)[0] for i in range(len(x))]
     return [
-        {"score": float(s), "embedding_norm": float(n)}
-        for s, n in zip(scores.cpu().tolist(), norms.cpu().tolist(), strict=True)
+        {"score": float(s), "embedding_norm": float(n), "score_stderr": float(e)}
+        for s, n, e in zip(
+            scores.cpu().tolist(), norms.cpu().tolist(), errors.cpu().tolist(), strict=True
+        )
     ]
 
 
@@ -203,7 +240,7 @@ def read_journal(path: Path) -> Iterator[dict]:
 
 def merge_journals(paths: Iterable[Path]) -> pd.DataFrame:
     """Combine journals into one frame with every path exactly once (its latest record wins)."""
-    records = [r for p in paths for r in read_journal(Path(p))]
+    records = [{**LATER_COLUMNS, **r} for p in paths for r in read_journal(Path(p))]
     return combine([pd.DataFrame(records, columns=RECORD_COLUMNS)])
 
 
@@ -221,6 +258,7 @@ def finalize(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["score"] = frame["score"].astype("float64")
     frame["embedding_norm"] = frame["embedding_norm"].astype("float64")
+    frame["score_stderr"] = frame["score_stderr"].astype("float64")
     ok = frame["status"] == "ok"
     rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     rank[ok] = frame.loc[ok, "score"].rank(ascending=False, method="first").astype("int64")
@@ -235,7 +273,9 @@ def read_table(path: Path) -> pd.DataFrame:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            text = dict.fromkeys(("path", "status", "error", "backbone", "embedding"), "object")
+            text = dict.fromkeys(
+                ("path", "status", "error", "backbone", "embedding", "method"), "object"
+            )
             frame = pd.read_csv(
                 path,
                 float_precision="round_trip",
@@ -245,6 +285,9 @@ def read_table(path: Path) -> pd.DataFrame:
             )
     except Exception as error:  # pyarrow and the csv parser raise many kinds
         raise ValueError(f"--out: cannot read the earlier results {path}: {error}") from None
+    for column, value in LATER_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = value
     missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"--out: {path} is not a scores file (missing columns {missing})")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from jepabook.approx_score import DEFAULT_PROBES, DEFAULT_STEPS, approx_jepa_score
 from jepabook.devices import resolve_device
 from jepabook.jacobian import Plan, activation_bytes, jacobian_rows, plan_blocks
 from jepabook.logdet import gram, half_logdet, logdet_from_jacobian
@@ -31,12 +32,14 @@ from jepabook.precision import Precision, check_precision, matmul_precision, wit
 
 Pool = Literal["mean", "first"]
 Mode = Literal["auto", "reverse", "forward"]
+Method = Literal["exact", "approx"]
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes one chunk may hold on a CPU
 
 __all__ = [
     "jacobian_rows",
     "jepa_score",
+    "jepa_score_with_error",
     "score_dataset",
     "logdet_from_jacobian",
     "plan_for",
@@ -76,8 +79,12 @@ def jepa_score(
     precision: Precision = "float32",
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     n_views: int = 1,
+    method: Method = "exact",
+    probes: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Exact JEPA-SCORE of every sample of a batch.
+    """JEPA-SCORE of every sample of a batch: exact (default) or approximate (`method="approx"`).
 
     Args:
         model: encoder mapping (B, ...) to (B, K), or to token outputs (B, N, K) when `pool` is set.
@@ -98,10 +105,25 @@ def jepa_score(
         augment: with `n_views` > 1, a random view x -> g(x, T) (B, ...) -> (B, ...); the result is then
             the multi-view estimate of eq. (4), -logmeanexp over the views of -JEPA-SCORE.
         n_views: number of views M drawn with `augment` (1: score x itself).
+        method: "exact" (all K Jacobian rows) or "approx" (block Lanczos quadrature from
+            Jacobian-vector and vector-Jacobian products, `jepabook.approx_score`; in the model's
+            own dtype, so no `precision` but "float32", and no `mode`, `block_size` or views).
+            Biased upwards where J is ill-conditioned; see that module for when it fails.
+        probes, steps: the approximation's probe block width b and Lanczos steps s (None: the
+            defaults of `jepabook.approx_score`); it costs b s + 1 vjp and as many jvp per sample.
+        seed: seeds the approximation's probes (the same seed gives the same scores).
 
     Returns:
         (B,) float64 tensor on x's device: sum of log singular values of J_f(x_b) for each b.
     """
+    if method != "exact":
+        _check_method(method, probes, steps, seed)
+        return jepa_score_with_error(
+            model, x, eps=eps, pool=pool, chunk_size=chunk_size, block_size=block_size,
+            memory_budget=memory_budget, mode=mode, precision=precision, augment=augment,
+            n_views=n_views, method=method, probes=probes, steps=steps, seed=seed,
+        )[0]  # fmt: skip
+    _check_method(method, probes, steps, seed)
     _check_inputs(model, x, eps, pool, mode, chunk_size, block_size, memory_budget)
     check_precision(precision, x.device)
     _check_views(augment, n_views)
@@ -118,6 +140,59 @@ def jepa_score(
         return _score(model, encoder, x, **options)
     views = [_score(model, encoder, augment(x), **options) for _ in range(n_views)]
     return -logmeanexp(-torch.stack(views), dim=0)
+
+
+def jepa_score_with_error(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    method: Method = "approx",
+    probes: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    eps: float = 1e-6,
+    pool: Pool | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    **exact_options,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """JEPA-SCORE (B,) and a per-sample standard error (B,), both float64 on x's device.
+
+    With method="approx" the error is the probe (sampling) part of the approximation's error
+    (`jepabook.approx_score`); it does not include the quadrature bias. With method="exact"
+    it is zero. Arguments as for `jepa_score`; `exact_options` (mode, block_size, precision,
+    augment, n_views) apply to the exact method only.
+    """
+    _check_method(method, probes, steps, seed)
+    if method == "exact":
+        scores = jepa_score(
+            model, x, eps=eps, pool=pool, chunk_size=chunk_size,
+            memory_budget=memory_budget, **exact_options,
+        )  # fmt: skip
+        return scores, torch.zeros_like(scores)
+    _check_approx_options(exact_options)
+    _check_inputs(model, x, eps, pool, "auto", chunk_size, None, memory_budget)
+    encoder = _pooled(model, pool)
+    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+        K = _embedding_width(encoder, x[:1])
+        b = probes or DEFAULT_PROBES
+        s = steps or DEFAULT_STEPS
+        chunk = chunk_size or approx_chunk(encoder, x, K, b, s, memory_budget)
+        result = approx_jepa_score(
+            encoder, x, K, probes=b, steps=s, eps=eps, seed=seed, chunk_size=chunk
+        )
+    return result.score.detach(), result.stderr.detach()
+
+
+def approx_chunk(
+    encoder: Callable, x: torch.Tensor, K: int, probes: int, steps: int, budget: int | None
+) -> int:
+    """Samples per chunk for the approximation: its forward graph, the activations of 2 b
+    batched products and the float64 Krylov basis (r x b s) of each sample fit `budget`."""
+    budget = budget or default_memory_budget(x.device)
+    r = min(K, x[0].numel())
+    per_sample = activation_bytes(encoder, x[:1]) * (1 + 2 * probes) + 16 * r * probes * steps
+    return max(1, min(x.shape[0], budget // max(1, per_sample)))
 
 
 def score_dataset(
@@ -292,6 +367,33 @@ def _check_dtype(model: Callable, x: torch.Tensor) -> None:
             f"x: dtype {x.dtype} does not match the model's parameters ({dtype}); "
             f"convert one of them, e.g. x.to({dtype}) or model.to({x.dtype})"
         )
+
+
+def _check_method(method: str, probes, steps, seed) -> None:
+    if method not in ("exact", "approx"):
+        raise ValueError(f"method: expected 'exact' or 'approx', got {method!r}")
+    for name, value in [("probes", probes), ("steps", steps)]:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+        if value is not None and method == "exact":
+            raise ValueError(f"{name}: only used with method='approx' (got method='exact')")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+
+
+def _check_approx_options(options: dict) -> None:
+    """ValueError naming an exact-only option given a non-default value with method='approx'."""
+    defaults = {"mode": "auto", "block_size": None, "precision": "float32", "augment": None,
+                "n_views": 1}  # fmt: skip
+    for name, value in options.items():
+        if name not in defaults:
+            raise TypeError(f"{name}: unexpected keyword argument")
+        if value != defaults[name]:
+            raise ValueError(
+                f"{name}: not supported with method='approx' (got {value!r}); use method='exact'"
+            )
 
 
 def _check_views(augment: Callable | None, n_views: int) -> None:

@@ -34,9 +34,11 @@ CLAIMS = (
     "outlier detection",
     "curation",
     "trained encoders (precondition)",
+    "approximate JEPA-SCORE (book)",
 )
-"""The paper's claims, in the order of the scorecard; the last is the book's own: a verdict about a
-trained JEPA counts once the JEPA has demonstrably learned."""
+"""The paper's claims, in the order of the scorecard; the last two are the book's own: a verdict about a
+trained JEPA counts once the JEPA has demonstrably learned, and how well a matrix-free approximation
+of JEPA-SCORE ranks like the exact one."""
 MIME = "application/vnd.jepabook.verdicts+json"
 
 

@@ -288,3 +288,33 @@ def test_entry_point_runs_as_a_module(images, weights, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "scored 15 images, 0 errors" in result.stdout and f"wrote {out}" in result.stdout
     assert len(pd.read_csv(out)) == N_GRAY + len(RGB_SIZES)
+
+
+def test_method_approx_writes_its_error_estimate_and_refuses_exact_only_flags(
+    images, weights, tmp_path, capsys
+):
+    exact_out, approx_out = tmp_path / "exact.csv", tmp_path / "approx.csv"
+    assert score(images, exact_out, weights) == 0
+    flags = ("--method", "approx", "--probes", "4", "--steps", "2", "--seed", "1")
+    assert score(images, approx_out, weights, *flags) == 0
+    exact, approx = pd.read_csv(exact_out), pd.read_csv(approx_out)
+    assert list(approx.columns) == folder_scoring.COLUMNS
+    assert (exact["method"] == "exact").all() and (exact["score_stderr"] == 0).all()
+    assert (approx["method"] == "approx:probes=4,steps=2,seed=1").all()
+    assert (approx["score_stderr"] > 0).all()
+    assert approx["path"].tolist() == exact["path"].tolist()
+    assert not np.allclose(approx["score"], exact["score"])  # 8 of K=16 products: not exact
+    assert np.corrcoef(approx["score"], exact["score"])[0, 1] > 0.5
+    capsys.readouterr()
+    assert score(images, tmp_path / "x.csv", weights, "--probes", "4") == 2
+    assert "--probes" in capsys.readouterr().err
+
+
+def test_resume_with_another_method_is_refused(images, weights, tmp_path, capsys):
+    out = tmp_path / "scores.parquet"
+    record = {c: None for c in folder_scoring.RECORD_COLUMNS}
+    record.update(path="gray_00.png", score=1.0, status="ok", method="exact", score_stderr=0.0)
+    record.update(backbone="fmnist-cnn", embedding="output")
+    folder_scoring.journal_path(out).write_text(json.dumps(record) + "\n")
+    assert score(images, out, weights, "--resume", "--method", "approx") == 1
+    assert "method" in capsys.readouterr().err
