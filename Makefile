@@ -66,7 +66,7 @@ browser:
 test: venv data browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	JEPABOOK_SCALE=ci $(BIN)/python -m pytest tests chapters --nbval-lax -p no:cacheprovider
+	JEPABOOK_SCALE=ci $(BIN)/python -m pytest tests chapters --nbval-lax -p no:cacheprovider --durations=15
 
 lint: venv
 	$(BIN)/ruff check .

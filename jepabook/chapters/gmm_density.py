@@ -18,11 +18,13 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from jepabook import gmm_recipes as gr
 from jepabook.data import GaussianMixture
 from jepabook.density import change_of_variables
 from jepabook.devices import resolve_device
@@ -404,3 +406,75 @@ def check(full: np.ndarray, log_p: np.ndarray, floor: float = 0.4) -> float:
     r = correlation(full, log_p)
     assert r > floor, f"Pearson of the full estimator with log p: {r:.3f}, not above {floor}"
     return r
+
+
+# --------------------------------------------------------------------------------------------------
+# The recipe sweep (benchmarks/gmm_sweep.py) and the ceilings on the same held-out points
+# --------------------------------------------------------------------------------------------------
+
+SWEEP_CSV = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gmm_sweep.csv"
+SWEEP_COMMAND = "OMP_NUM_THREADS=1 python benchmarks/gmm_sweep.py"
+
+
+def load_sweep(path: str | Path = SWEEP_CSV) -> dict:
+    """The shipped sweep: {"table": one row per run, "effects": `gmm_recipes.main_effects`,
+    "references": `gmm_recipes.reference_table` of the base recipe, "unseen": the runs of the best
+    recipe on mixtures not used for tuning}, all pandas DataFrames."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    return {
+        "table": table,
+        "effects": gr.main_effects(table),
+        "references": gr.reference_table(table),
+        "unseen": table[table.phase == "unseen"].reset_index(drop=True),
+    }
+
+
+def sweep_figure(table):
+    """One panel per D: for each variant of a sweep table (one row per run), the paired difference
+    of its full Pearson with the base recipe's on the same mixture, one small dot per seed, and
+    their mean (large dot)."""
+    from jepabook.plots import figure
+
+    tuning = table[table.phase.isin(["main", "combo"])]
+    base = tuning[tuning.variant == "base"].set_index(["dim", "seed"]).full_pearson
+    dims = sorted(tuning.dim.unique())
+    variants = list(dict.fromkeys(tuning.variant[tuning.variant != "base"]))
+    fig, axes = figure(len(dims), 1, width=4.2, height=0.3 * len(variants) + 1.4, sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, dim in zip(axes, dims, strict=True):
+        for i, variant in enumerate(variants):
+            runs = tuning[(tuning.variant == variant) & (tuning.dim == dim)]
+            diffs = (runs.set_index(["dim", "seed"]).full_pearson - base).dropna()
+            if len(diffs):
+                ax.scatter(diffs, np.full(len(diffs), i), s=12, color="C0", alpha=0.6)
+                ax.scatter(diffs.mean(), i, s=45, color="C1", zorder=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(variants)), variants)
+        ax.set(xlabel="full Pearson minus base recipe's", title=f"D = {dim}")
+    return fig, axes
+
+
+def ceilings(
+    dim: int,
+    n_train: int,
+    *,
+    recipe: gr.GmmRecipe,
+    seed: int = 0,
+    n_eval: int = 2000,
+    ml_steps: int = 2000,
+) -> dict:
+    """`gmm_recipes.score_recipe` with its references: the recipe's full estimator, the KDE, the
+    same coupling architecture trained by maximum likelihood, and the base-corrected estimator,
+    on one mixture's held-out points (the same points for all)."""
+    return gr.score_recipe(
+        recipe, dim, n_train=n_train, seed=seed, n_eval=n_eval, references=True,
+        ml_steps=ml_steps, n_trace=8,
+    )  # fmt: skip
+
+
+def chapter_recipe(**changes) -> gr.GmmRecipe:
+    """The chapter's recipe (`train_gmm_encoder`'s defaults) as a `gmm_recipes.GmmRecipe`, with
+    `changes` (e.g. steps=...)."""
+    return gr.BASE.but(**changes)
