@@ -33,9 +33,12 @@ from PIL import Image
 from torch import nn
 
 from jepabook import datasets
+from jepabook.backbones import load_backbone
 from jepabook.datasets import ImageSet
 from jepabook.jacobian import jacobian_rows
 from jepabook.logdet import logdet_from_jacobian
+from jepabook.models import calibrate_batchnorm
+from jepabook.score import eval_mode, frozen_parameters, jepa_score
 
 SIZE = 32
 HELD_OUT_CLASSES = ("dog", "truck")
@@ -224,8 +227,6 @@ def imagenet_encoder(
     32). pretrained=False: the same network with random weights (drawn after torch.manual_seed(seed))
     whose BatchNorm statistics are re-estimated on `calibrate` (N, 3, 32, 32) pixels, as training
     would set them (without it every Jacobian is nearly 0 and the score a constant)."""
-    from jepabook.backbones import load_backbone
-    from jepabook.models import calibrate_batchnorm
 
     torch.manual_seed(seed)
     backbone = load_backbone(name, image_size=size, pretrained=pretrained)
@@ -279,7 +280,6 @@ def trunk_and_head(encoder: PixelEncoder) -> tuple[Callable, Callable] | None:
 def factorised_jacobian(encoder: PixelEncoder, x: torch.Tensor, *, block: int = 16) -> torch.Tensor:
     """(B, K, D) float64 Jacobians of pixels x (B, 3, 32, 32) as J_head(h) J_trunk(x), where h
     (B, C, h, w) is the trunk's output (`trunk_and_head`): C h w backward passes instead of K."""
-    from jepabook.score import eval_mode, frozen_parameters
 
     trunk, head = trunk_and_head(encoder)
     with torch.no_grad():
@@ -300,7 +300,6 @@ def factorised_score(
     """Exact JEPA-SCORE (B,) of pixels x (B, 3, 32, 32), as `jepa_score` gives it, from
     `factorised_jacobian` when the trunk's output has fewer entries than the embedding (the ImageNet
     CNNs at 32 px: 320 < K = 1,280); otherwise `jepa_score` itself."""
-    from jepabook.score import jepa_score
 
     K, passes = jacobian_sizes(encoder, x[:1])
     if passes >= K:

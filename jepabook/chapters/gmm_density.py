@@ -29,10 +29,11 @@ from jepabook.data import GaussianMixture
 from jepabook.density import change_of_variables
 from jepabook.devices import resolve_device
 from jepabook.flows import RosenblattMap
+from jepabook.gmm_recipes import kde_log_density
 from jepabook.losses import VectorViews
 from jepabook.metrics import bootstrap_correlation, correlation
 from jepabook.models import MLP, ResidualEncoder, whitening_of
-from jepabook.plots import SCORE_CMAP
+from jepabook.plots import SCORE_CMAP, figure
 from jepabook.train import History, TrainConfig, train_jepa
 
 # --------------------------------------------------------------------------------------------------
@@ -160,39 +161,6 @@ def fold_fraction(encoder: nn.Module, x: torch.Tensor) -> float:
         return math.nan
     negative = float((torch.linalg.det(jacobians.double()) < 0).double().mean())
     return min(negative, 1 - negative)
-
-
-def kde_log_density(
-    train: torch.Tensor,
-    x: torch.Tensor,
-    *,
-    n_bandwidths: int = 12,
-    max_search: int = 3000,
-    folds: int = 3,
-) -> tuple[np.ndarray, float]:
-    """Gaussian kernel density estimate of the training data, evaluated at x (n, D).
-
-    scikit-learn `KernelDensity` on whitened data; the bandwidth is chosen by `GridSearchCV`
-    (held-out log-likelihood, `folds`-fold) over a log-spaced grid around Scott's rule, on at most
-    `max_search` training points, then the estimate is refit on all of them. Whitening is affine,
-    so the log-density is shifted by a constant, which no correlation sees.
-
-    Returns:
-        (log-density (n,) up to a constant, chosen bandwidth in whitened units).
-    """
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.neighbors import KernelDensity
-
-    mean, whitening = whitening_of(train)
-    train_w = ((train.double() - mean) @ whitening.T).numpy()
-    x_w = ((x.double().cpu() - mean) @ whitening.T).numpy()
-    n, dim = train_w.shape
-    scott = n ** (-1.0 / (dim + 4))
-    grid = {"bandwidth": scott * np.geomspace(0.1, 2.0, n_bandwidths)}
-    search = GridSearchCV(KernelDensity(), grid, cv=folds).fit(train_w[:max_search])
-    bandwidth = float(search.best_params_["bandwidth"])
-    kde = KernelDensity(bandwidth=bandwidth).fit(train_w)
-    return kde.score_samples(x_w), bandwidth
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,11 +387,14 @@ SWEEP_COMMAND = "OMP_NUM_THREADS=1 python benchmarks/gmm_sweep.py"
 def load_sweep(path: str | Path = SWEEP_CSV) -> dict:
     """The shipped sweep: {"table": one row per run, "effects": `gmm_recipes.main_effects`,
     "references": `gmm_recipes.reference_table` of the base recipe, "unseen": the runs of the best
-    recipe on mixtures not used for tuning}, all pandas DataFrames."""
+    recipe on mixtures not used for tuning, "probe": `gmm_recipes.sigreg_from_likelihood_fit` rows
+    (None when the sweep wrote none)}, pandas DataFrames."""
     import pandas as pd
 
     table = pd.read_csv(path)
+    probe = Path(path).with_name(Path(path).stem + "_probe.csv")
     return {
+        "probe": pd.read_csv(probe) if probe.exists() else None,
         "table": table,
         "effects": gr.main_effects(table),
         "references": gr.reference_table(table),
@@ -435,8 +406,6 @@ def sweep_figure(table):
     """One panel per D: for each variant of a sweep table (one row per run), the paired difference
     of its full Pearson with the base recipe's on the same mixture, one small dot per seed, and
     their mean (large dot)."""
-    from jepabook.plots import figure
-
     tuning = table[table.phase.isin(["main", "combo"])]
     base = tuning[tuning.variant == "base"].set_index(["dim", "seed"]).full_pearson
     dims = sorted(tuning.dim.unique())

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
+from skimage import data
 
 from jepabook import natural_ood
+from jepabook.backbones import load_backbone
 from jepabook.detectors import KNN, ChangeOfVariables, JepaScore, Mahalanobis, Sample, evaluate
-from jepabook.image_jepa import shipped_encoders
+from jepabook.image_jepa import load_shipped, shipped_encoders, untrained_like
+from jepabook.imagenet_cnns import imagenet_classes
 from jepabook.metrics import Interval, bootstrap_auroc, bootstrap_mean_auroc, sides
+from jepabook.score import jepa_score
 from jepabook.verdicts import Verdict, decide
 
 IMAGENET_CNNS = {"mobilenetv2-in1k": "MobileNetV2", "efficientnet-lite0-in1k": "EfficientNet-Lite0"}
@@ -56,8 +62,6 @@ def load(
     The CIFAR JEPA runs at 32 px, its own size."""
     label = LABELS[name]
     if name == CIFAR_JEPA:
-        from jepabook.image_jepa import load_shipped, untrained_like
-
         trained = load_shipped(name)
         nets = {label: natural_ood.trained_encoder(trained)}
         if random:
@@ -78,13 +82,6 @@ def imagenet_top(
 ) -> list[str]:
     """The k most likely ImageNet classes of scikit-image photos under an ImageNet CNN at its own
     224 px preprocessing: one comma-separated string per photo."""
-    import torch
-    from PIL import Image
-    from skimage import data
-
-    from jepabook.backbones import load_backbone
-    from jepabook.imagenet_cnns import imagenet_classes
-
     backbone = load_backbone(name)
     x = torch.stack([backbone.preprocess(Image.fromarray(getattr(data, p)())) for p in photos])
     classes = imagenet_classes()
@@ -213,8 +210,6 @@ def summary(records: list[Verdict], labels: list[str]) -> str:
 def cost(encoder: natural_ood.PixelEncoder, x) -> dict[str, float]:
     """Seconds per image of JEPA-SCORE of pixels x (B, 3, 32, 32) by `jepa_score` (K backward
     passes) and by `natural_ood.factorised_score`, and how far the two scores differ."""
-    from jepabook.score import jepa_score
-
     K, passes = natural_ood.jacobian_sizes(encoder, x[:1])
     plain, plain_seconds = natural_ood.timed(lambda v: jepa_score(encoder, v), x)
     fast, fast_seconds = natural_ood.timed(lambda v: natural_ood.factorised_score(encoder, v), x)
