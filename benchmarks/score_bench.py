@@ -3,6 +3,7 @@
     python benchmarks/score_bench.py                      # every case on CUDA when present, else CPU
     python benchmarks/score_bench.py --cases cnn-28px     # a subset
     python benchmarks/score_bench.py --markdown results.md
+    OMP_NUM_THREADS=1 python benchmarks/score_bench.py --cases cnn-28px vit-s14-56 --repeats 3
 
 For each case: wall time and peak memory of `reference_jepa_score` (the listing: K backward passes,
 then an SVD of each K x D Jacobian) and of `jepa_score`, their ratios, the largest relative difference
@@ -14,7 +15,8 @@ and `jepa_score` under a 2 GiB memory budget (by default it may use half the fre
 Cases (`CASES`): an MLP on 16-D Gaussian-mixture samples (K=64 > D=16: forward mode), the book's
 Fashion-MNIST CNN architecture on 256 real test images (untrained weights), and the DINOv2 ViT-S/14
 (and on CUDA ViT-B/14) architecture with random weights on real photographs (scikit-image's sample
-images) at 112 and 224 px. Weights do not change the cost; random ones need no download.
+images) at 56 (batch 2 on a CPU: the quick ViT case), 112 and 224 px. Weights do not change the
+cost; random ones need no download.
 
 The floor is the fastest of three ways to run the products alone: plain backward passes over
 `jepa_score`'s chunks ("loop"), over the whole batch as the listing does ("batch loop"), and in
@@ -22,10 +24,15 @@ batched blocks of basis vectors ("blocks": `jepa_score`'s on a GPU, 16 on a CPU)
 
 Timing: a warm-up forward and backward pass of the encoder on two samples (for the small MLP and
 CNN cases also a call of the method itself on two samples, which takes one-time costs such as
-functorch's compilation out), then each method once. Peak memory: on CUDA the allocator's peak
-above what was allocated before the call; on a CPU each method runs in a fresh process and the
-peak is the rise of its resident set (VmHWM, reset before the call), an approximation that
-includes the allocator's slack.
+functorch's compilation out), then each method once per round, for `--repeats` rounds (3 by
+default; interleaved, so a change of the machine's load falls on every method); the table gives
+the median and, in "spread", the largest (max - min) / median of the case's methods. The device line
+names the CPU model, and each row the machine's load average before and after the case: on a
+shared machine single timings vary widely (up to tenfold with 2 threads while another job held one
+of 2 cores), so compare medians from one run. Peak memory (of a method's first call): on CUDA the
+allocator's peak above what was allocated before the call; on a CPU each method runs in a fresh
+process and the peak is the rise of its resident set (VmHWM, reset before the call), an
+approximation that includes the allocator's slack.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import functools
 import multiprocessing
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +69,7 @@ CASES = {
     for c in [
         Case("mlp-16d", "MLP 16-D mixture, K=64", 256, 256, warm_method=True),
         Case("cnn-28px", "CNN 28x28 FMNIST, K=64", 256, 256, warm_method=True),
+        Case("vit-s14-56", "DINOv2 ViT-S/14 56 px, K=384", 2, 8),
         Case("vit-s14-112", "DINOv2 ViT-S/14 112 px, K=384", 4, 8),
         Case("vit-s14-224", "DINOv2 ViT-S/14 224 px, K=384", 4, 8),
         Case("vit-b14-224", "DINOv2 ViT-B/14 224 px, K=768", 4, 8, cuda_only=True),
@@ -156,24 +165,28 @@ def _floor_sizes(name: str, encoder: torch.nn.Module, x: torch.Tensor) -> tuple[
     return plan.chunk, plan.block if plan.block > 1 else FLOOR_BLOCK_ON_CPU
 
 
-def measure(case: str, name: str, batch: int, device_name: str) -> dict:
-    """Seconds, peak bytes and scores (or None) of one method on one case, after a warm-up pass."""
+def measure(case: str, name: str, batch: int, device_name: str, repeats: int = 1) -> dict:
+    """Median seconds over `repeats` calls (`bench_case` makes one per round), peak bytes (of the
+    first call) and scores (or None) of one method on one case, after a warm-up pass."""
     device = torch.device(device_name)
     encoder, x = build(case, batch, device)
     _warm_up(encoder, x[:2])
     if CASES[case].warm_method:
         method(name)(encoder, x[:2])
-    before = _memory_before(device)
-    _synchronize(device)
-    start = time.perf_counter()
-    scores = method(name)(encoder, x)
-    _synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = _memory_peak(device) - before
+    times, peak = [], 0
+    for _ in range(repeats):
+        before = _memory_before(device)
+        _synchronize(device)
+        start = time.perf_counter()
+        scores = method(name)(encoder, x)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+        peak = peak or _memory_peak(device) - before
     with frozen_parameters(encoder):
         plan = plan_for(encoder, x)
     return {
-        "seconds": seconds,
+        "seconds": statistics.median(times),
+        "spread": (max(times) - min(times)) / statistics.median(times),
         "peak": peak,
         "scores": None if scores is None else scores.double().cpu(),
         "plan": f"{plan.chunk}x{plan.block}{' fwd' if plan.forward else ''}",
@@ -219,13 +232,13 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def run(case: str, name: str, batch: int, device: str) -> dict:
+def run(case: str, name: str, batch: int, device: str, repeats: int) -> dict:
     """`measure` in-process on CUDA; in a fresh process on a CPU, so peak memory is its own."""
     if device.startswith("cuda"):
-        return measure(case, name, batch, device)
+        return measure(case, name, batch, device, repeats)
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(measure, (case, name, batch, device))
+        return pool.apply(measure, (case, name, batch, device, repeats))
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -235,14 +248,26 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
 
-def bench_case(case: Case, device: str) -> dict:
+def _median(rounds: list[dict]) -> dict:
+    """One method's first call, with the median seconds and the spread of all its calls."""
+    seconds = [r["seconds"] for r in rounds]
+    median = statistics.median(seconds)
+    return {**rounds[0], "seconds": median, "spread": (max(seconds) - min(seconds)) / median}
+
+
+def bench_case(case: Case, device: str, repeats: int = 1) -> dict:
     cuda = device.startswith("cuda")
     batch = case.cuda_batch if cuda else case.batch
     names = ["reference", "jepa_score", "floor-loop", "floor-block"]
     names += ["tf32", "bf16", "lean"] if cuda else []
-    results = {name: run(case.name, name, batch, device) for name in names}
-    if results["jepa_score"]["chunk"] < batch:  # else the same passes as floor-loop
-        results["floor-batch"] = run(case.name, "floor-batch", batch, device)
+    first = run(case.name, "jepa_score", batch, device, 1)  # its plan's chunk:
+    names += ["floor-batch"] if first["chunk"] < batch else []  # else the passes of floor-loop
+    calls = {name: [first] if name == "jepa_score" else [] for name in names}
+    for round_ in range(repeats):  # rounds, each method once: a change of load falls on all
+        for name in names:
+            if len(calls[name]) <= round_:
+                calls[name].append(run(case.name, name, batch, device, 1))
+    results = {name: _median(rounds) for name, rounds in calls.items()}
     ref, ours = results["reference"], results["jepa_score"]
     floor = min(results[name]["seconds"] for name in results if name.startswith("floor"))
     row = {
@@ -257,6 +282,7 @@ def bench_case(case: Case, device: str) -> dict:
         "floor_batch_s": results.get("floor-batch", results["floor-loop"])["seconds"],
         "floor_block_s": results["floor-block"]["seconds"],
         "over_floor": ours["seconds"] / floor,
+        "spread": max(r["spread"] for r in results.values()),
         "reference_peak_MB": ref["peak"] / 2**20,
         "jepa_score_peak_MB": ours["peak"] / 2**20,
         "memory_ratio": ours["peak"] / max(ref["peak"], 1),
@@ -284,6 +310,7 @@ COLUMNS = [
     ("floor_batch_s", "batch loop s", "{:.3f}"),
     ("floor_block_s", "blocks s", "{:.3f}"),
     ("over_floor", "/ floor", "{:.3f}"),
+    ("spread", "spread", "{:.0%}"),
     ("reference_peak_MB", "listing MB", "{:.0f}"),
     ("jepa_score_peak_MB", "jepa_score MB", "{:.0f}"),
     ("memory_ratio", "memory ratio", "{:.2f}"),
@@ -294,6 +321,7 @@ COLUMNS = [
     ("bf16_rel_diff", "bf16 diff", "{:.1e}"),
     ("lean_s", "2 GiB budget s", "{:.3f}"),
     ("lean_MB", "2 GiB budget MB", "{:.0f}"),
+    ("load", "machine load (before, after)", "{}"),
 ]
 
 
@@ -314,8 +342,29 @@ def describe(device: str) -> str:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        name = f"{cpu_model()}, {os.cpu_count()} CPUs, {threads} thread{'s' * (threads > 1)}"
     return f"{device} ({name}), torch {torch.__version__}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load() -> str:
+    """The 1-minute load average and the CPU count: how busy the machine was around a case."""
+    try:
+        return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    except OSError:
+        return "load unknown"
 
 
 def main() -> None:
@@ -325,6 +374,9 @@ def main() -> None:
     parser.add_argument(
         "--markdown", help="also write the table (and the device line) to this file"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="calls per method; the median is reported"
+    )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     names = args.cases or [n for n, c in CASES.items() if cuda or not c.cuda_only]
@@ -332,8 +384,9 @@ def main() -> None:
     print(header, flush=True)
     rows = []
     for name in names:
-        start = time.perf_counter()
-        rows.append(bench_case(CASES[name], args.device))
+        start, before = time.perf_counter(), load()
+        rows.append(bench_case(CASES[name], args.device, args.repeats))
+        rows[-1]["load"] = f"{before}, then {load()}"
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
         if args.markdown:  # after every case, so an interrupted run keeps what it measured
             with open(args.markdown, "w") as f:

@@ -29,6 +29,11 @@ from torch.func import jvp, vmap
 # over the whole batch, 4.5 s in blocks of 16; a ViT-S/14 at 112 px, batch 4: 89 s over single
 # samples, 56 s over single samples in blocks of 16, 54 s over chunks of 4; at 224 px, batch 4: 227 s
 # over chunks of 2, 226 s over 4, 254 s over chunks of 2 in blocks of 2.
+# The rule checked on another CPU (2-core AMD EPYC, Zen 4, 1 thread, medians of 3 or 5): the 28 px
+# CNN at batch 256, chunks of 43, 64 (the plan) and 128 within 7% of each other (6.3-6.7 s); at
+# batch 64, chunks of 32 and 64 (the plan) at the floor, chunks of 16 and 8 22% and 35% slower. With
+# 2 threads while another job held one core, one call's time varied tenfold (0.8-14 s): the 1.2x
+# over the floor once reported there most likely came from such single timings.
 # Forward mode (D < K, so D is small) takes all D tangents in one vmapped pass: one call of
 # `torch.func.jvp` costs more than a backward pass (an MLP at batch 256 on a CPU: 16 single
 # tangents 91 ms, one block of 16 30 ms, the listing's 64 backward passes 86 ms).
