@@ -20,6 +20,15 @@ SMALL_CNN_META = {
 }  # fmt: skip
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (small models: threads only add overhead), then as before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def small_cnn_weights(tmp_path_factory) -> Path:
     """A small trained-here-style fmnist-cnn checkpoint (K=16, D=784), random weights, seed 0."""

@@ -13,13 +13,7 @@ from jepabook.chapters import gmm_density as experiments
 from jepabook.data import GaussianMixture
 from jepabook.flows import RosenblattMap
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_residual_encoder_starts_as_the_whitening_map():

@@ -12,13 +12,7 @@ from jepabook.density import change_of_variables
 from jepabook.flows import CouplingFlow
 from jepabook.models import whitening_of
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturbed_flow(dim: int) -> CouplingFlow:
