@@ -6,10 +6,15 @@ here. Tests marked `after_chapters` run last, and the `nbval_chapters` fixture h
 recorded: the `ci_book` fixture of tests/conftest.py builds the book from it, once per session,
 for tests/test_book.py and tests/test_browser.py, instead of executing the chapters a second time.
 A table of seconds per chapter closes the run.
+
+`make test` runs the chapters in two processes at once and builds the book in a third: with
+$JEPABOOK_CHAPTER_OUTPUTS set, every chapter that ran through without a failure is written there,
+executed, when the session ends, and the book's fixtures take chapters they did not run from there.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,18 +65,37 @@ def nbval_chapters(request: pytest.FixtureRequest) -> tuple[dict[Path, tuple], s
     outputs})} for every chapter nbval ran through without a failure, and the chapters with a failed
     or skipped cell. Read when first asked for, by a test marked `after_chapters` (which runs after
     every chapter cell)."""
-    failed = request.config.stash[_FAILED]
-    notebooks, recorded = request.config.stash[_NOTEBOOKS], request.config.stash[_OUTPUTS]
-    done = {
-        path: (notebooks[path], cells) for path, cells in recorded.items() if path not in failed
-    }
-    return done, set(failed)
+    return recorded_chapters(request.config)
 
 
 @pytest.fixture(scope="session")
 def page_seconds(request: pytest.FixtureRequest) -> dict[str, float]:
     """{book page: seconds}, filled by tests/test_browser.py and printed at the end of the run."""
     return request.config.stash[_PAGES]
+
+
+def recorded_chapters(config: pytest.Config) -> tuple[dict[Path, tuple], set[Path]]:
+    """(recorded, failed) as `nbval_chapters` returns them, for the session of `config`."""
+    failed = config.stash[_FAILED]
+    notebooks, recorded = config.stash[_NOTEBOOKS], config.stash[_OUTPUTS]
+    done = {
+        path: (notebooks[path], cells) for path, cells in recorded.items() if path not in failed
+    }
+    return done, set(failed)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    folder = os.environ.get("JEPABOOK_CHAPTER_OUTPUTS")
+    if not folder:
+        return
+    from jepabook import book
+
+    done, _ = recorded_chapters(session.config)
+    for path, (notebook, cells) in done.items():
+        if len(cells) == sum(cell.cell_type == "code" for cell in notebook.cells):
+            book.write_executed(
+                notebook, cells, Path(folder) / path.resolve().relative_to(book.ROOT)
+            )
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
