@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -138,3 +140,72 @@ def test_mode_weights(mixture):
         float((w - mixture.weights).abs().max()) < 0.08
     )  # hard assignment is close to the weights
     assert LC.weight_error(mixture, mixture.means, mixture.means) == 0.0
+
+
+def test_mala_removes_the_discretisation_bias_of_ula():
+    # At h = 0.8 v ULA's stationary variance is v / (1 - h / (2 v)) = 1.67 v; MALA's accept/reject step
+    # leaves N(m, v) itself invariant, so its chains keep variance v. A flipped log-density fails.
+    mean, var, h = 1.5, 0.5, 0.4
+    x0 = mean + var**0.5 * torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64)  # fmt: skip
+
+    def log_density(x):
+        return -0.5 * (x - mean).pow(2).sum(1) / var
+
+    schedule = L.constant_schedule(h, 100)
+    ula = L.langevin(L.score_of(log_density), x0, schedule, seed=1)
+    x, accepted = L.mala(log_density, x0, schedule, seed=1)
+    assert float(ula.var()) == pytest.approx(var / (1 - h / (2 * var)), rel=0.05)
+    assert float(x.var()) == pytest.approx(var, rel=0.04) and float(x.mean()) == pytest.approx(
+        mean, abs=0.02
+    )
+    assert 0.3 < float(accepted.mean()) < 0.99  # proposals are really rejected, and not all
+    flipped, _ = L.mala(lambda x: -log_density(x), x0, L.constant_schedule(h, 30), seed=1)
+    assert float(flipped.var()) > 3 * var
+
+
+def test_value_and_score_match_the_closed_form_of_a_gaussian_mixture(mixture):
+    x = mixture.sample(50, seed=9).double()
+    value, score = L.value_and_score(mixture.log_prob, x, chunk_size=16)
+    torch.testing.assert_close(value, mixture.log_prob(x))
+    torch.testing.assert_close(score, mixture.score(x), rtol=1e-9, atol=1e-9)
+
+
+def test_kde_log_density_is_the_mean_of_gaussian_kernels_and_is_normalised():
+    from jepabook.models import whitening_of
+
+    mixture = GaussianMixture.random(2, 3, seed=1)
+    train, x, bandwidth = mixture.sample(600, seed=2), mixture.sample(40, seed=3).double(), 0.3
+    ours = L.kde_log_density_fn(train, bandwidth)(x)
+    whitening = whitening_of(train)[1]  # the kernel is N(x_i, b^2 (W^T W)^-1) in data coordinates
+    kernel = torch.distributions.MultivariateNormal(
+        torch.zeros(2, dtype=torch.float64),
+        bandwidth**2 * torch.linalg.inv(whitening.T @ whitening),
+    )
+    expected = torch.logsumexp(kernel.log_prob(x[:, None, :] - train.double()), dim=1) - math.log(
+        600
+    )
+    torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-8)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-9, 9, 100, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)  # fmt: skip
+    mass = float(L.kde_log_density_fn(train, bandwidth)(grid).exp().sum()) * (18 / 99) ** 2
+    assert mass == pytest.approx(1.0, abs=0.02)
+
+
+def test_flow_shortcut_equals_the_autograd_jacobian_route():
+    from jepabook.flows import CouplingFlow
+
+    torch.manual_seed(0)
+    flow = CouplingFlow(
+        torch.zeros(2), torch.tensor([[1.0, 0.0], [0.5, 2.0]]), n_layers=4, hidden=8
+    )
+    for p in flow.parameters():  # couplings start as the identity: make them non-trivial
+        p.data.normal_(0, 0.3)
+    x = torch.randn(16, 2, dtype=torch.float64)
+    for kind in ("full", "jepa"):
+        shortcut = L.value_and_score(L.estimator_log_density_fn(flow, kind), x)
+        generic = L.value_and_score(
+            lambda p, kind=kind: L.estimator_log_density(flow.double(), p, kind), x
+        )
+        torch.testing.assert_close(shortcut, generic, rtol=1e-9, atol=1e-9)
+    assert float(L.estimator_score(flow, "full")(x).std()) > 0.1  # a non-constant score
