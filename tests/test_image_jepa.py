@@ -26,7 +26,7 @@ from jepabook.models import MLP, SmallCNN
 from jepabook.probe import embed, linear_probe
 from jepabook.score import jepa_score
 from jepabook.train import TrainConfig, save_checkpoint, train_jepa
-from jepabook.views import LUMA, ImageViews, luminance
+from jepabook.views import LUMA, YIQ, ImageViews, luminance, rotate_hue
 
 
 def test_views_identity_when_every_perturbation_is_off():
@@ -116,6 +116,60 @@ def test_channel_gain_scales_each_channel_by_its_own_factor():
     assert (gain[:, 0] - gain[:, 1]).abs().mean() > 0.02  # the channels move independently
 
 
+def test_hue_rotation_keeps_luminance_and_gray_and_turns_the_chroma():
+    x, view = _colour_view(hue=0.1)
+    assert view.shape == x.shape
+    torch.testing.assert_close(luminance(view), luminance(x))  # YIQ's Y is left alone
+    chroma, before = view - luminance(view), x - luminance(x)
+    assert (chroma - before).abs().amax((1, 2, 3)).median() > 0.05  # colours moved
+    # a rotation: the chroma's I-Q length is kept; its angle moves by at most 0.1 turn
+    to_iq = torch.tensor(YIQ[1:])
+    iq, iq_before = (torch.einsum("ic,bchw->bihw", to_iq, v) for v in (view, x))
+    torch.testing.assert_close(iq.norm(dim=1), iq_before.norm(dim=1), atol=1e-5, rtol=1e-4)
+    angle = torch.atan2(iq[:, 1], iq[:, 0]) - torch.atan2(iq_before[:, 1], iq_before[:, 0])
+    angle = torch.remainder(angle + torch.pi, 2 * torch.pi) - torch.pi  # (B, H, W), radians
+    assert angle.abs().max() <= 2 * torch.pi * 0.1 + 1e-4 and angle.std() > 0.1
+    assert (angle.std((1, 2)) < 1e-3).all()  # one angle per image
+    gray = x.mean(1, keepdim=True).expand_as(x)
+    turned = ImageViews(min_area=1.0, degrees=0.0, flip=False, noise=0.0, hue=0.5)
+    torch.testing.assert_close(turned(gray, torch.Generator().manual_seed(2)), gray)
+    torch.testing.assert_close(rotate_hue(x, torch.zeros(len(x))), x)
+    half = rotate_hue(rotate_hue(x, torch.full((len(x),), 1.0)), torch.full((len(x),), -1.0))
+    torch.testing.assert_close(half, x, atol=1e-5, rtol=1e-5)
+
+
+def test_brightness_shifts_each_image_by_one_amount():
+    x, view = _colour_view(brightness=0.8)
+    shift = (view - x).mean((1, 2, 3))
+    torch.testing.assert_close(view - x, shift.view(-1, 1, 1, 1).expand_as(x))
+    assert shift.abs().max() <= 0.8 + 1e-6 and shift.std() > 0.3  # uniform on [-0.8, 0.8]: 0.46
+
+
+def test_jitter_probability_leaves_the_other_views_untouched():
+    colour = {"contrast": 0.4, "saturation": 0.4, "hue": 0.1, "brightness": 0.5}
+    x, view = _colour_view(jitter=0.3, **colour)
+    untouched = (view == x).all(3).all(2).all(1)
+    assert 0.6 < untouched.float().mean() < 0.8  # jittered with probability 0.3
+    _, never = _colour_view(jitter=0.0, **colour)
+    assert torch.equal(never, x)
+    _, always = _colour_view(jitter=1.0, **colour)
+    assert not (always == x).all(3).all(2).all(1).any()
+
+
+def test_new_view_options_off_draw_exactly_what_the_views_drew_before():
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    usual = {"min_area": 0.2, "degrees": 0.0, "contrast": 0.4, "saturation": 0.4, "grayscale": 0.2}
+    before = ImageViews(**usual)(x, torch.Generator().manual_seed(7))
+    off = ImageViews(**usual, brightness=0.0, hue=0.0, jitter=1.0)
+    torch.testing.assert_close(off(x, torch.Generator().manual_seed(7)), before, rtol=0, atol=0)
+    changed = ImageViews(**usual, hue=0.1)(x, torch.Generator().manual_seed(7))
+    assert not torch.equal(changed, before)
+    for kwargs in ({"hue": 0.6}, {"jitter": 1.5}, {"brightness": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            ImageViews(**kwargs)
+    assert ImageViews(hue=0.1).colour and not ImageViews(brightness=0.4, jitter=0.8).colour
+
+
 def test_colour_views_need_rgb_and_fractions():
     with pytest.raises(ValueError, match="RGB"):
         ImageViews(grayscale=0.2)(torch.rand(2, 1, 28, 28))
@@ -195,9 +249,11 @@ def test_recipe_dicts_of_shipped_encoders_leave_out_the_colour_fields_while_off(
     ).shape == (2, 64)
     cifar = image_jepa.recipe_for("cifar10-cnn").recipe_dict()
     assert {k: cifar[k] for k in image_jepa.ADDED_FIELDS} == {
-        "saturation": 0.4, "channel_gain": 0.1, "grayscale": 0.2,
+        "saturation": 0.4, "channel_gain": 0.1, "grayscale": 0.2, "brightness": 0.8, "hue": 0.1,
+        "jitter": 0.8,
     }  # fmt: skip
-    grey = image_jepa.recipe_for("cifar10-cnn", saturation=0.0, channel_gain=0.0, grayscale=0.0)
+    off = {"saturation": 0.0, "channel_gain": 0.0, "grayscale": 0.0, "brightness": 0.0, "hue": 0.0}
+    grey = image_jepa.recipe_for("cifar10-cnn", **off, jitter=1.0)
     assert set(grey.recipe_dict()) == set(asdict(grey)) - set(image_jepa.ADDED_FIELDS)
 
 
