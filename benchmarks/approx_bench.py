@@ -1,124 +1,209 @@
 """The approximate JEPA-SCORE (`method="approx"`) against the exact one, measured in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/approx_bench.py --quick      # Fashion-MNIST encoders only
+    OMP_NUM_THREADS=1 python benchmarks/approx_bench.py --quick      # Fashion-MNIST encoders, 2 settings
     OMP_NUM_THREADS=1 python benchmarks/approx_bench.py --markdown benchmarks/results/approx_bench_cpu.md
 
-For each case (an encoder, in-distribution images and outlier images): the exact `jepa_score` of
-every image, timed, then for each (probes b, steps s) of the sweep the approximation, timed on the
-same images in the same process and threads. Reported per setting: Jacobian products per image
-(exact: K vector-Jacobian products; approx: (b s + 1) vector-Jacobian plus as many Jacobian-vector
-products, the + 1 for the dead-row detection), the wall time ratio exact / approx, Spearman's rank
-correlation with the exact scores over all images of the case, the median and largest relative
-error |approx - exact| / |exact|, the mean bias and spread of approx - exact (in score units) beside
-the spread of the exact scores, the mean reported standard error, and the outlier-detection AUROC
-(lower score = outlier) of the approximation minus that of the exact score.
+For each case (an encoder, in-distribution inputs and outliers): the exact score of every input,
+timed, then for each (probes b, steps s) of the sweep the approximation, timed on the same inputs in
+the same process and threads. Reported per setting: Jacobian products per input (exact: the backward
+passes of the exact method; approx: (b s + 1) vector-Jacobian plus as many Jacobian-vector products,
+the + 1 for the dead-row detection), the wall time ratio exact / approx, Spearman's rank correlation
+with the exact scores over all inputs of the case, the median and largest relative error
+|approx - exact| / |exact|, the mean bias and spread of approx - exact (in score units) beside the
+spread of the exact scores, the mean reported standard error (0 with b = 1: one probe gives no
+spread), and the outlier-detection AUROC (lower score = outlier) of the approximation minus that
+of the exact score. The time of the whole run is in the results file's header (about 17 minutes
+on a shared 2-core CPU); --quick takes well under a minute.
 
-Cases (`CASES`): the shipped Fashion-MNIST JEPAs (`fmnist-cnn`, `fmnist-vit`; K = 64) on
-Fashion-MNIST test images against MNIST digits; the ImageNet MobileNetV2 (`mobilenetv2-in1k`,
-K = 1280) on CIFAR-10 test images upsampled to 64 px against Fashion-MNIST garments (grey, as RGB).
-The exact score of the MobileNetV2 at 64 px takes about 10-20 s per image on one CPU core, so that
-case uses few images and is left out by --quick.
+Cases (`CASES`; K the embedding width):
+- `fmnist-cnn`, `fmnist-vit` (K = 64): the shipped Fashion-MNIST JEPAs on Fashion-MNIST test images
+  against MNIST digits.
+- `minilm-T8` (K = 381): all-MiniLM-L6-v2 as the text chapter differentiates it
+  (`jepabook.chapters.text_encoder.WindowEncoder`: word-embedding rows of T = 8 word pieces ->
+  the 381 live coordinates of the mean-pooled embedding), English fortunes about literature,
+  science and education against German ones.
+- `vit-512-random` (K = 512): a timm VisionTransformer of width 512, depth 6, 8 heads, patch 16 at
+  32 px (4 patches + the class token, mean-pooled), random weights (seed 0); CIFAR-10 test images
+  against Fashion-MNIST garments (grey, as RGB).
+- `mobilenetv2-32px` (K = 1280): the ImageNet MobileNetV2 (`jepabook.natural_ood.imagenet_encoder`)
+  on CIFAR-10 test images at 32 px against Fashion-MNIST garments. Its exact score is the
+  factorised one (`natural_ood.score_images`: 320 backward passes, the fastest exact method here);
+  an extra row gives the plain `jepa_score` (1,280 backward passes) against it: how far two exact
+  float32 computations agree on this encoder.
+- `mobilenetv2-32px-f64`: the same network and images in float64 (fewer images), exact and
+  approximate: whether products in float64 remove the approximation's error; an extra row gives
+  the float32 exact score against the float64 one.
+The CIFAR JEPA is not a case: its weights are not shipped, and the partially trained file in
+data/encoders/resume/ is a resume file, which `jepabook.backbones.load_backbone` does not read.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from jepabook.backbones import load_backbone
 from jepabook.datasets import cifar10, fashion_mnist, mnist_digits
+from jepabook.models import use_explicit_attention
 from jepabook.score import jepa_score, jepa_score_with_error
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+SHARED = (
+    "The machine (2 cores) was shared with one training process and other work while this ran: "
+    "wall-time ratios measured within the run are indicative, absolute seconds are not."
+)
+Scorer = Callable[[Callable, torch.Tensor], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    backbone: str
-    n: int  # images per side (in-distribution and outliers)
+    n: int  # inputs per side (in-distribution and outliers)
     sweep: tuple[tuple[int, int], ...]  # (probes, steps)
     quick: bool
 
 
+@dataclass
+class Setup:
+    """What a case scores: the encoder, inputs (n, ...) and outliers (n, ...), the exact scorer
+    (encoder, x) -> (B,) with its backward passes per input, and optional other exact scorers."""
+
+    encoder: Callable
+    inside: torch.Tensor
+    outside: torch.Tensor
+    exact: Scorer
+    exact_passes: int | None = None  # None: K
+    others: dict[str, tuple[Scorer, int | None]] | None = None
+
+
+SWEEP = ((4, 2), (4, 4), (8, 4), (8, 8), (16, 8), (2, 12), (1, 24), (2, 32))
 CASES = [
-    Case("fmnist-cnn", "fmnist-cnn", 32, ((4, 2), (4, 4), (8, 4), (8, 8)), True),
-    Case("fmnist-vit", "fmnist-vit", 32, ((4, 2), (4, 4), (8, 4), (8, 8)), True),
-    Case("mobilenetv2-64px", "mobilenetv2-in1k", 4, ((4, 4), (8, 4), (8, 8), (16, 8)), False),
+    Case("fmnist-cnn", 32, ((4, 2), (4, 4), (8, 4), (8, 8), (2, 16)), True),
+    Case("fmnist-vit", 32, ((4, 2), (4, 4), (8, 4), (8, 8), (2, 16)), True),
+    Case("minilm-T8", 16, SWEEP, False),
+    Case("vit-512-random", 16, SWEEP, False),
+    Case("mobilenetv2-32px", 16, SWEEP, False),
+    Case("mobilenetv2-32px-f64", 4, ((8, 8), (16, 8), (2, 32)), False),
 ]
 
 
-def case_data(case: Case) -> tuple[Callable, torch.Tensor, torch.Tensor]:
-    """The encoder (B, ...) -> (B, K), in-distribution inputs (n, ...) and outliers (n, ...)."""
-    if case.backbone.startswith("fmnist"):
-        encoder = load_backbone(case.backbone).encoder.eval()
+def _plain(encoder: Callable, x: torch.Tensor) -> np.ndarray:
+    return jepa_score(encoder, x).numpy()
+
+
+def case_data(case: Case) -> Setup:
+    """The encoder, inputs and exact scorer of a case."""
+    if case.name.startswith("fmnist"):
+        encoder = load_backbone(case.name).encoder.eval()
         inside = fashion_mnist("test").images[: case.n]
         outside = mnist_digits().images[torch.randperm(10000, generator=_gen())[: case.n]]
-        return encoder, inside, outside
-    encoder = load_backbone(case.backbone, image_size=64).encoder.eval()
-    inside = _imagenet_input(cifar10("test").images[: case.n])
+        return Setup(encoder, inside, outside, _plain)
+    if case.name == "minilm-T8":
+        return _minilm(case.n)
     garments = fashion_mnist("test").images[: case.n].expand(-1, 3, -1, -1)
-    return encoder, inside, _imagenet_input(garments)
+    garments = torch.nn.functional.pad(garments, (2, 2, 2, 2)).contiguous()  # 28 -> 32 px
+    inside = cifar10("test").images[: case.n]
+    if case.name == "vit-512-random":
+        return Setup(_random_vit(), inside, garments, _plain)
+    from jepabook.natural_ood import imagenet_encoder, score_images
+
+    encoder = imagenet_encoder("mobilenetv2-in1k", 32)
+    exact = lambda e, x: score_images(e, x)  # noqa: E731
+    if not case.name.endswith("f64"):
+        others = {"exact (jepa_score, 1280 passes)": (_plain, None)}
+        return Setup(encoder, inside, garments, exact, 320, others)
+    single = lambda e, x: score_images(encoder, x.float())  # noqa: E731
+    encoder64 = copy.deepcopy(encoder).double()
+    others = {"exact float32 (factorised)": (single, 320)}
+    return Setup(encoder64, inside.double(), garments.double(), exact, 320, others)
+
+
+def _minilm(n: int) -> Setup:
+    from jepabook.chapters import text_encoder as te
+
+    model = te.load_encoder()
+    encoder = te.WindowEncoder(model).eval().requires_grad_(False)
+    _, sets = te.fortune_sets(model, 8, n, seed=0)
+    return Setup(
+        encoder, encoder.rows(sets["in-domain (test)"].ids), encoder.rows(sets["German"].ids),
+        _plain,
+    )  # fmt: skip
+
+
+def _random_vit() -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=512, depth=6, num_heads=8, num_classes=0,
+        global_pool="avg",
+    )  # fmt: skip
+    return use_explicit_attention(vit.eval().requires_grad_(False))
 
 
 def _gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _imagenet_input(images: torch.Tensor) -> torch.Tensor:
-    """(n, 3, h, w) in [0, 1] -> (n, 3, 64, 64) ImageNet-normalised."""
-    x = F.interpolate(images, size=64, mode="bilinear", align_corners=False)
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
-
-
 def run_case(case: Case, quick: bool) -> list[dict]:
-    """One row per sweep setting (and one for the exact score) of this case."""
-    encoder, inside, outside = case_data(case)
-    x = torch.cat([inside, outside])
-    labels = np.r_[np.zeros(len(inside)), np.ones(len(outside))]  # 1 = outlier
+    """One row per sweep setting (and one per exact method) of this case."""
+    setup = case_data(case)
+    encoder, x = setup.encoder, torch.cat([setup.inside, setup.outside])
+    labels = np.r_[np.zeros(len(setup.inside)), np.ones(len(setup.outside))]  # 1 = outlier
     with torch.no_grad():
         K = encoder(x[:1]).shape[1]
-    jepa_score(encoder, x[:2])  # warm-up
-    start = time.perf_counter()
-    exact = jepa_score(encoder, x).numpy()
-    t_exact = time.perf_counter() - start
+    passes = setup.exact_passes or K
+    setup.exact(encoder, x[:2])  # warm-up
+    t_exact, exact = _timed(lambda: setup.exact(encoder, x))
     auroc_exact = roc_auc_score(labels, -exact)
-    rows = [_row(case, K, "exact", K, t_exact, t_exact, exact, exact, None, auroc_exact)]
+    rows = [
+        _row(case, K, "exact", passes, passes, t_exact, t_exact, exact, exact, None, auroc_exact)
+    ]
+    for method, (scorer, other_passes) in (setup.others or {}).items():
+        t, other = _timed(lambda scorer=scorer: scorer(encoder, x))
+        auroc = roc_auc_score(labels, -other) - auroc_exact
+        rows.append(
+            _row(case, K, method, passes, other_passes or K, t_exact, t, exact, other, None, auroc)
+        )
     sweep = case.sweep[1:3] if quick else case.sweep
     for b, s in sweep:
         jepa_score_with_error(encoder, x[:2], probes=b, steps=s)  # warm-up
-        start = time.perf_counter()
-        approx, stderr = jepa_score_with_error(encoder, x, probes=b, steps=s, seed=0)
-        t = time.perf_counter() - start
-        products = 2 * (b * s + 1)
-        auroc = roc_auc_score(labels, -approx.numpy())
+        t, (approx, stderr) = _timed(
+            lambda b=b, s=s: jepa_score_with_error(encoder, x, probes=b, steps=s, seed=0)
+        )
+        auroc = roc_auc_score(labels, -approx.numpy()) - auroc_exact
         rows.append(
-            _row(case, K, f"approx b={b} s={s}", products, t_exact, t, exact,
-                 approx.numpy(), stderr.numpy(), auroc - auroc_exact)
+            _row(case, K, f"approx b={b} s={s}", passes, 2 * (b * s + 1), t_exact, t, exact,
+                 approx.numpy(), stderr.numpy(), auroc)
         )  # fmt: skip
     return rows
 
 
-def _row(case, K, method, products, t_exact, t, exact, approx, stderr, auroc) -> dict:
+def _timed(call: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+
+def _row(case, K, method, passes, products, t_exact, t, exact, approx, stderr, auroc) -> dict:
     diff = approx - exact
     relative = np.abs(diff) / np.abs(exact)
     return {
         "case": case.name,
         "K": K,
-        "images": len(exact),
+        "inputs": len(exact),
         "method": method,
         "products/image": products,
-        "products exact/approx": K / products,
+        "products exact/approx": passes / products,
         "wall s": t,
         "wall exact/approx": t_exact / t,
         "Spearman": spearmanr(approx, exact)[0],
@@ -137,11 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="Fashion-MNIST cases, 2 settings")
     parser.add_argument("--cases", nargs="*", help="case names (default: all)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument(
+        "--n", type=int, help="inputs per side for every case (default: the case's)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     cases = [c for c in CASES if (not args.quick or c.quick)]
     if args.cases:
         cases = [c for c in cases if c.name in args.cases]
+    if args.n:
+        cases = [replace(c, n=args.n) for c in cases]
     import pandas as pd
 
     started = time.perf_counter()
@@ -156,10 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print(table)
     if args.markdown:
-        command = "python benchmarks/approx_bench.py" + (" --quick" if args.quick else "")
+        command = " ".join(["python benchmarks/approx_bench.py", *(argv or sys.argv[1:])])
         with open(args.markdown, "w", encoding="utf-8") as handle:
-            handle.write(f"# Approximate vs exact JEPA-SCORE\n\nMade by `OMP_NUM_THREADS=1 "
-                         f"{command} --markdown {args.markdown}`.\n\n{header}\n\n{table}\n")  # fmt: skip
+            handle.write(f"# Approximate vs exact JEPA-SCORE\n\nMade by `OMP_NUM_THREADS=1 {command}`. "
+                         f"{SHARED}\n\n{header}\n\n{table}\n")  # fmt: skip
 
 
 def _cpu_model() -> str:

@@ -43,16 +43,24 @@ Bias and variance.
   its even derivatives are negative, so the Gauss rule over-estimates log at the small
   eigenvalues it cannot resolve: the estimate is biased upwards, more so the worse J is
   conditioned, and the bias differs between images (which is what costs rank correlation).
-  Measured (benchmarks/approx_bench.py): for the book's K = 64 encoders the bias is about half the
-  spread of the exact scores at b s = K/4; for MobileNetV2 at 64 px (K = 1280) thousands of units.
-- Failure modes: (a) rank-deficient or nearly rank-deficient J (beyond exactly dead units): the
-  exact rule clips each singular value at eps; here the clip applies to Ritz values (quadrature
-  nodes), a smoothed spectrum, so clusters of tiny singular values are seen as much larger and
-  the score is over-estimated by up to |log eps| per such direction. (b) float32 products: A V is
-  accurate to about 1e-7 ||A||, so singular values below about 3e-4 sigma_max are not resolved
-  (the exact path, forming J J^T in float64 from float32 rows, resolves about 1e-7 sigma_max);
-  pass a float64 model and input to lower this floor. (c) For ranking only the order matters;
-  the error is largest where scores are close.
+  Measured (benchmarks/approx_bench.py, results in benchmarks/results/approx_bench_cpu.md): for the
+  book's K = 64 encoders the bias is about half the spread of the exact scores at b s = K/4; at the
+  same number of products, fewer probes and more steps (b = 2, s = 32 against b = 8, s = 8) cut
+  the bias and its spread between inputs about four times on a ViT (K = 512); on MiniLM (K = 381)
+  the bias falls but the spread grows (two probes sample the spectrum less well); and the steps
+  are sequential, so the wall time falls less than the products. No setting reached a rank
+  correlation of 0.99 with 10 times fewer products on any encoder measured.
+- Failure modes: (a) rank-deficient or nearly rank-deficient J (beyond exactly dead units), e.g.
+  the ImageNet MobileNetV2 at 32 px, whose 1280 features depend on the image through 320 channels
+  (rank <= 320): the exact rule clips each singular value at eps; here the clip applies to Ritz
+  values (quadrature nodes), a smoothed spectrum, so the collapsed directions are seen at the
+  smallest node and the score is over-estimated by up to |log eps| per such direction, by an amount
+  that varies between inputs as much as the exact scores do. (b) float32 products: A V is accurate
+  to about 1e-7 ||A||, so singular values below about 3e-4 sigma_max are not resolved (the exact
+  path, forming J J^T in float64 from float32 rows, resolves about 1e-7 sigma_max); a float64
+  model and input lower this floor, but on the MobileNetV2 this left the bias of (a) as it was: the
+  limit there is the polynomial degree. (c) For ranking only the order matters; the error is
+  largest where scores are close.
 """
 
 from __future__ import annotations
@@ -64,11 +72,12 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # 8 probes x 8 steps: 65 products A v = 130 Jacobian products per sample, about 10 times fewer than
-# the exact score's K = 1280 for the ImageNet CNNs (the saving the approximation is meant for). No
-# setting met the accuracy target in benchmarks/approx_bench.py; more probes or steps cost
-# proportionally more and, on ill-conditioned Jacobians, remove little of the bias.
+# the exact score's K = 1280 for the ImageNet CNNs. No setting met the accuracy target in
+# benchmarks/approx_bench.py; b = 2, s = 32 (the same products) is less biased there but, with
+# fewer probes, not always closer in rank, and slower in wall time (sequential steps).
 DEFAULT_PROBES = 8
 DEFAULT_STEPS = 8
 DEFAULT_TOL = 1e-2  # a Ritz pair with residual <= tol * theta counts as an eigenpair
@@ -112,7 +121,8 @@ def approx_jepa_score(
             probes and steps are the same).
 
     Returns:
-        ApproxResult with score (B,), stderr (B,) (0 where the Krylov space is complete).
+        ApproxResult with score (B,), stderr (B,) (0 where the Krylov space is complete, and 0
+        with a single probe, b = 1, which gives no spread to estimate it from).
     """
     with _no_fastpath():
         return _approx(encoder, x, K, probes, steps, eps, seed, chunk_size, tol)
@@ -120,11 +130,14 @@ def approx_jepa_score(
 
 @contextlib.contextmanager
 def _no_fastpath() -> Iterator[None]:
-    """Turn off nn.TransformerEncoderLayer's inference fast path (no forward-mode AD rule)."""
+    """Turn off the kernels without a forward-mode AD rule: nn.TransformerEncoderLayer's inference
+    fast path, and the fused (flash) kernels of scaled_dot_product_attention (used, e.g., by the
+    transformers BERT of all-MiniLM-L6-v2); attention then runs as plain matrix products."""
     enabled = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
 

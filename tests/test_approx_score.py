@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -142,3 +143,48 @@ def test_bad_arguments_name_the_argument(options, name):
     model, x = TanhMap(40, 16), inputs(2, 40)
     with pytest.raises(ValueError, match=name):
         jepa_score(model, x, **options)
+
+
+class Attention(nn.Module):
+    """x (B, T * d) -> mean over tokens of softmax attention (B, d), through
+    F.scaled_dot_product_attention, whose fused CPU kernel has no forward-mode AD rule."""
+
+    def __init__(self, T: int, d: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.T, self.d = T, d
+        self.qkv = nn.Parameter(torch.randn(3, d, d, generator=generator) / math.sqrt(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.view(x.shape[0], 1, self.T, self.d)
+        q, k, v = (h @ w for w in self.qkv)
+        return nn.functional.scaled_dot_product_attention(q, k, v).mean(2)[:, 0] + h.mean(2)[:, 0]
+
+
+def test_attention_through_the_fused_kernel_is_differentiated_forward():
+    model, x = Attention(T=4, d=8), torch.randn(3, 32)  # float32: the fused kernel's dtype
+    exact = jepa_score(model, x)
+    approx = jepa_score(model, x, method="approx", probes=4, steps=2)  # b s = K = 8: exact
+    torch.testing.assert_close(approx, exact, rtol=1e-4, atol=1e-3)
+
+
+def test_bench_summary_takes_the_best_setting_within_the_saving():
+    from jepabook.chapters.scale import NUMERIC, bench_summary
+
+    def row(method, saving, rho, wall=6.0, auroc=0.001):
+        values = dict.fromkeys(NUMERIC, "1")
+        values.update({"case": "c", "method": method, "K": "512", "inputs": "32"})
+        values.update({"products exact/approx": str(saving), "Spearman": str(rho)})
+        values.update({"wall exact/approx": str(wall), "AUROC (exact) or diff": str(auroc)})
+        return values
+
+    rows = [row("exact", 1, 1.0), row("approx b=8 s=8", 4, 0.999), row("approx b=4 s=2", 28, 0.9),
+            row("approx b=4 s=4", 15, 0.95)]  # fmt: skip
+    summary = bench_summary(pd.DataFrame(rows), saving=10).loc["c"]
+    assert summary["best Spearman (any setting)"] == 0.999
+    assert summary["best Spearman at >= 10x fewer products"] == 0.95
+    assert summary["settings meeting the target"] == 0  # the cheap ones rank worse than 0.99
+    met = [row("approx b=2 s=12", 10.2, 0.995), row("approx b=1 s=24", 10.2, 0.995, wall=4.0),
+           row("approx b=2 s=8", 15, 0.995, auroc=-0.01)]  # fmt: skip
+    summary = bench_summary(pd.DataFrame(rows + met), saving=10).loc["c"]
+    assert summary["settings meeting the target"] == 1  # too slow, or AUROC too far, do not count

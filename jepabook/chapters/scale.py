@@ -7,6 +7,11 @@
   list of (probes, steps): products, wall time, rank correlation, errors, outlier AUROC.
 - `frontier_figure(frame)`: Spearman and error against the products, one figure.
 - `bench_table(path)`: the benchmark's Markdown table (benchmarks/approx_bench.py) as a DataFrame.
+- `bench_summary(bench)`: per case, the approximation's best rank correlation, the best one among
+  the settings that save at least `TARGET_SAVING` times the products, and how many settings meet
+  the whole target (`meets_target`).
+- `bench_frontier_figure(bench)`: the benchmark's frontier, Spearman and error against wall time.
+- `bench_value(bench, case, method, column)`: one number of the benchmark table.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from jepabook.score import (
 )
 
 BENCH_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+TARGET_SAVING = 10  # issue 18: at least 10 times fewer products than the exact score
 
 
 def listing_source() -> str:
@@ -154,3 +160,82 @@ def bench_table(path: Path = BENCH_RESULTS / "approx_bench_cpu.md") -> tuple[str
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
     frame = pd.DataFrame(cells[2:], columns=cells[0]) if len(cells) > 2 else pd.DataFrame()
     return header, frame
+
+
+NUMERIC = ["K", "inputs", "products/image", "products exact/approx", "wall s", "wall exact/approx",
+           "Spearman", "median rel. err", "max rel. err", "bias", "sd(approx-exact)", "sd(exact)",
+           "mean stderr", "AUROC (exact) or diff"]  # fmt: skip
+
+
+def _approx_rows(bench: pd.DataFrame) -> pd.DataFrame:
+    """The approximation's rows of the benchmark table, numeric columns as floats."""
+    rows = bench[bench["method"].str.startswith("approx")].copy()
+    rows[NUMERIC] = rows[NUMERIC].astype(float)
+    return rows
+
+
+def bench_summary(bench: pd.DataFrame, saving: float = TARGET_SAVING) -> pd.DataFrame:
+    """Per case of the benchmark table (K, inputs): the best Spearman of any setting, and the
+    best Spearman, its wall-time ratio and AUROC difference among the settings that need at most
+    1/saving of the exact method's products (NaN when none does), and the number of settings
+    that meet the whole target (`meets_target`)."""
+    rows = []
+    for case, group in _approx_rows(bench).groupby("case", sort=False):
+        cheap = group[group["products exact/approx"] >= saving]
+        best = cheap.loc[cheap["Spearman"].idxmax()] if len(cheap) else None
+        rows.append(
+            {
+                "case": case,
+                "K": int(group["K"].iloc[0]),
+                "inputs": int(group["inputs"].iloc[0]),
+                "best Spearman (any setting)": group["Spearman"].max(),
+                f"best Spearman at >= {saving:g}x fewer products": np.nan
+                if best is None
+                else best["Spearman"],
+                "its wall exact/approx": np.nan if best is None else best["wall exact/approx"],
+                "its AUROC diff": np.nan if best is None else best["AUROC (exact) or diff"],
+                "settings meeting the target": int(meets_target(group).sum()),
+            }
+        )
+    return pd.DataFrame(rows).set_index("case")
+
+
+def meets_target(rows: pd.DataFrame, saving: float = TARGET_SAVING) -> pd.Series:
+    """(n,) bool per approximation row: the whole target of issue 18, i.e. at least `saving` times
+    fewer products, 5 times less wall time, Spearman >= 0.99 and an AUROC within 0.005."""
+    return (
+        (rows["products exact/approx"] >= saving)
+        & (rows["wall exact/approx"] >= 5)
+        & (rows["Spearman"] >= 0.99)
+        & (rows["AUROC (exact) or diff"].abs() <= 0.005)
+    )
+
+
+def bench_frontier_figure(bench: pd.DataFrame) -> plt.Figure:
+    """Left: Spearman with the exact score against the wall-time ratio exact / approx, one point
+    per setting, one colour per case; right: the spread of the error approx - exact relative to the spread of the exact
+    scores (what decides the ranking) against the same ratio (log scales)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    for case, group in _approx_rows(bench).groupby("case", sort=False):
+        group = group.sort_values("wall exact/approx")
+        label = f"{case} (K = {int(group['K'].iloc[0])})"
+        left.plot(group["wall exact/approx"], group["Spearman"], "o", label=label)
+        relative = group["sd(approx-exact)"] / group["sd(exact)"]
+        right.plot(group["wall exact/approx"], relative, "o", label=label)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.axvline(5, color="grey", ls=":", lw=1)
+        ax.set_xlabel("wall time exact / approx")
+    left.axhline(0.99, color="grey", ls="--", lw=1)
+    left.set_ylabel("Spearman with the exact score")
+    right.set_yscale("log")
+    right.set_ylabel("sd(approx - exact) / sd(exact)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def bench_value(bench: pd.DataFrame, case: str, method: str, column: str) -> float:
+    """The number in `column` of the benchmark row (case, method); NaN when there is none."""
+    row = bench[(bench["case"] == case) & (bench["method"] == method)]
+    return float(row[column].iloc[0]) if len(row) else float("nan")
