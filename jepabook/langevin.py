@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from jepabook.density import log_standard_normal
+from jepabook.models import whitening_of
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 LogDensityFn = Callable[[torch.Tensor], torch.Tensor]  # x (n, D) -> (n,), differentiable in x
@@ -362,8 +363,6 @@ def kde_log_density_fn(
     bandwidth); the result is the normalised log-density in x (the whitening's log|det W| included).
     With max_points, only the first max_points training samples are kernel centres.
     """
-    from jepabook.models import whitening_of
-
     mean, whitening = whitening_of(train)
     centres = ((train[:max_points].double() - mean) @ whitening.T) / bandwidth  # (N, D)
     dim = train.shape[1]
