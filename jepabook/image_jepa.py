@@ -29,7 +29,7 @@ from torch import nn
 
 from jepabook import shipped
 from jepabook.datasets import ImageSet, cifar10, fashion_mnist, mnist_digits
-from jepabook.devices import resolve_device
+from jepabook.devices import device_description, resolve_device
 from jepabook.models import MLP, ProjectedEncoder, build_encoder, calibrate_batchnorm
 from jepabook.paths import data_dir
 from jepabook.probe import embed, knn_correct, probe_outcomes, standard_probes
@@ -84,7 +84,9 @@ class ImageRecipe:
     """
 
     dataset: str
-    architecture: str = "resnet"  # "resnet", "vit-projected"; "cnn", "vit": the book's first recipe
+    architecture: str = (
+        "resnet"  # "resnet", "resnet18", "vit-projected"; "cnn", "vit": first recipe
+    )
     regulariser: str = "sigreg"
     n_train: int | None = None  # None: the whole training split
     steps: int = 600
@@ -142,7 +144,7 @@ class ImageRecipe:
     def arch_kwargs(self) -> dict:
         """Constructor arguments of `build_encoder(self.architecture, ...)`."""
         channels, size, _ = self.input_size()
-        if self.architecture == "resnet":
+        if self.architecture in ("resnet", "resnet18"):
             return {"in_channels": channels, "width": self.width, "out_dim": self.out_dim}
         if self.architecture == "cnn":
             return {
@@ -152,7 +154,7 @@ class ImageRecipe:
         if (channels, size) != (1, 28):
             raise ValueError(
                 f"architecture: {self.architecture} is sized for 1 x 28 x 28 images, not the "
-                f"{channels} x {size} x {size} of {self.dataset}; use 'resnet' or 'cnn'"
+                f"{channels} x {size} x {size} of {self.dataset}; use 'resnet', 'resnet18' or 'cnn'"
             )
         if self.architecture == "vit-projected":
             # 7 x 7 patches (16 tokens): 3x faster than 4 x 4 on a CPU, which makes 60 passes feasible
@@ -198,7 +200,7 @@ def steps_for(epochs: float, n_images: int, batch_size: int = 256, minimum: int 
     return max(minimum, math.ceil(epochs * n_images / batch_size))
 
 
-PROJECTED = ("resnet", "vit-projected")  # backbone + projector architectures
+PROJECTED = ("resnet", "resnet18", "vit-projected")  # backbone + projector architectures
 SPLIT_SIZES = {"fashion-mnist": 60000, "mnist": 8000, "cifar10": 50000}
 IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 EPOCHS = 60  # passes over the 60,000 Fashion-MNIST images (the learning curve shows the plateau)
@@ -208,6 +210,13 @@ CIFAR_EPOCHS = 200  # passes over the 50,000 CIFAR-10 images (SimCLR-style CIFAR
 # 0.70 is not known: the pilot (benchmarks/results/cifar_pilot_variants.txt) is too short for that.
 CIFAR_WIDTH = 32  # features: 4 x width = 128. Width 64 costs about 3x per step and was no better
 # after 2 passes over 10,000 images (benchmarks/results/cifar_pilot.txt)
+CIFAR_GPU_EPOCHS = 200
+"""Passes over CIFAR-10 of "cifar10-resnet18", the GPU recipe: as many as one H200 ran in about five
+minutes (benchmarks/cifar_gpu_run.py chose them from its measured step time)."""
+CIFAR_GPU_TRAINING = {"width": 32, "batch_size": 512}
+"""What the GPU recipe changes beyond the network: the ResNet-18 layout at half width (32-64-128-256
+channels, 2.8 M parameters: a quarter of the full network's cost when JEPA-SCORE differentiates it on a
+CPU) and batches of 512 (the lr and everything else are cifar10-cnn's)."""
 CIFAR_TRAINING = {"lam": 0.05}
 """What CIFAR-10's recipe changes in the training: LeJEPA's SIGReg weight 0.05 (in the 6-epoch pilot
 on 10,000 images, benchmarks/results/cifar_pilot_variants.txt, k-NN rose faster than with 0.3;
@@ -245,6 +254,10 @@ def _base_recipe(
         values["flip"] = False  # a mirrored digit is another symbol
     if dataset == "cifar10":
         values.update(NATURAL_IMAGE_VIEWS, **CIFAR_TRAINING, width=CIFAR_WIDTH)
+    if architecture == "resnet18":
+        values.update(CIFAR_GPU_TRAINING)
+        n_images = n_train or SPLIT_SIZES[dataset]
+        values["steps"] = steps_for(CIFAR_GPU_EPOCHS, n_images, values["batch_size"], MIN_STEPS)
     if architecture == "vit-projected":
         values["width"] = 96
     if architecture in ("cnn", "vit"):  # the first recipe: 600 steps of 128, a predictor network
@@ -270,6 +283,7 @@ SHIPPED: dict[str, tuple[str, str, dict]] = {
     "fmnist-cnn-short": ("fashion-mnist", "cnn", {}),
     "fmnist-vit-short": ("fashion-mnist", "vit", {}),
     "cifar10-cnn": ("cifar10", "resnet", {}),
+    "cifar10-resnet18": ("cifar10", "resnet18", {}),
 }
 """Every encoder trained here to ship under data/encoders: name -> (dataset, architecture, options).
 A name's weights are shipped once `make encoders` has written its manifest entry (`shipped_encoders`)."""
@@ -538,18 +552,27 @@ def learning_curve_probe(
     return evaluate
 
 
-def ship(name: str, scale: str = "default", *, device: str = "auto", progress: bool = True) -> dict:
+def ship(
+    name: str,
+    scale: str = "default",
+    *,
+    device: str = "auto",
+    progress: bool = True,
+    train_only: bool = False,
+) -> dict | None:
     """Train `name` from scratch with its recipe, evaluate it and write its weights and manifest
-    entry (`make encoders`). A run interrupted is resumed from data/encoders/resume/.
+    entry (`make encoders`). A run interrupted is resumed from `resume_path(name, scale)`.
 
-    scale "ci" runs the same path with the ci recipe and small probes (for tests); what it writes
-    is then not the shipped recipe, and `load_shipped` refuses it.
+    train_only: stop after the training and keep the resume file, which then holds the finished
+    run (returns None); a later `ship` (on another machine, say: the probes need no GPU) finds it,
+    trains no step and writes the weights, probes and manifest entry. scale "ci" runs the same path
+    with the ci recipe and small probes (for tests); what it writes is then not the shipped recipe,
+    and `load_shipped` refuses it.
     """
     recipe = recipe_for(name, scale)
     data = training_images(recipe.dataset, recipe.n_train)
     meta = {"mean": float(data.images.mean()), "std": float(data.images.std())}
-    resume = shipped.encoders_dir() / "resume" / f"{name}-{_recipe_hash(recipe)}.pt"
-    commit = shipped.training_commit()
+    resume = resume_path(name, scale)
     trained = _train(
         name,
         data,
@@ -560,6 +583,9 @@ def ship(name: str, scale: str = "default", *, device: str = "auto", progress: b
         evaluate=learning_curve_probe(recipe.dataset, meta, *PROBE_SIZES[scale]),
         resume_path=resume,
     )
+    if train_only:
+        return None
+    commit = shipped.training_commit()
     probe_start = time.time()
     path = save_checkpoint(
         shipped.weights_path(name), trained.encoder, history=trained.history, meta=trained.meta
@@ -576,7 +602,7 @@ def ship(name: str, scale: str = "default", *, device: str = "auto", progress: b
             "training": round(trained.history.elapsed_s, 1),
             "probes": round(probe_seconds, 1),
         },
-        "device": shipped.device_description(resolve_device(device)),
+        "device": trained.history.device or device_description(resolve_device(device)),
         "torch": torch.__version__,
         "probes": probes,
         "learning_curve": _curve_end(trained.history),
@@ -594,6 +620,11 @@ HELD_OUT = {
     "cifar10": "the 10,000 test images",
     "mnist": f"the {10000 - MNIST_TRAIN} digits outside the training split",
 }
+
+
+def resume_path(name: str, scale: str = "default") -> Path:
+    """The resume file of `ship(name, scale)`: data/encoders/resume/<name>-<recipe hash>.pt."""
+    return shipped.encoders_dir() / "resume" / f"{name}-{_recipe_hash(recipe_for(name, scale))}.pt"
 
 
 def _recipe_hash(recipe: ImageRecipe) -> str:
@@ -680,11 +711,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ship_parser.add_argument("names", nargs="*", choices=[[], *TRAINED_ENCODERS], default=[])
     ship_parser.add_argument("--device", default="auto")
+    ship_parser.add_argument(
+        "--train-only", action="store_true", help="train, keep the resume file, skip the probes"
+    )
     args = parser.parse_args(argv)
     if args.command == "ship":
         for name in args.names or TRAINED_ENCODERS:
-            entry = ship(name, device=args.device)
-            print(name, json.dumps(entry["probes"].get("output", {})))
+            entry = ship(name, device=args.device, train_only=args.train_only)
+            if entry is not None:
+                print(name, json.dumps(entry["probes"].get("output", {})))
         return 0
     options = {
         k: v for k, v in vars(args).items() if k in ("regulariser", "seed") and v is not None

@@ -96,22 +96,32 @@ class ResidualBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """(B, C, H, W) -> (B, 4 * width) ResNet-style backbone for small images (28 x 28, 32 x 32).
+    """(B, C, H, W) -> (B, width * 2**(stages - 1)) ResNet-style backbone for small images (28, 32 px).
 
-    A stride-2 3x3 stem, then three stages of `blocks` residual blocks with width, 2 width and
-    4 width channels (the last two halve the resolution), global mean pooling. BatchNorm: run it in
-    eval mode (as JEPA-SCORE does) so that samples do not interact.
+    A 3x3 stem (stride `stem_stride`), then `stages` stages of `blocks` residual blocks with width,
+    2 width, 4 width, ... channels (every stage after the first halves the resolution), global mean
+    pooling. The defaults (stride-2 stem, three stages of one block) are the book's small CPU
+    backbone; stem_stride=1, stages=4, blocks=2 is the ResNet-18 layout for CIFAR (`resnet18_encoder`).
+    BatchNorm: run it in eval mode (as JEPA-SCORE does) so that samples do not interact.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, blocks: int = 1):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 32,
+        blocks: int = 1,
+        *,
+        stages: int = 3,
+        stem_stride: int = 2,
+    ):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
+            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(),
         ]
         cin = width
-        for stage in range(3):
+        for stage in range(stages):
             cout = width * 2**stage
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -153,6 +163,19 @@ def resnet_encoder(
 ) -> ProjectedEncoder:
     """SmallResNet backbone (B, C, H, W) -> (B, 4 width) + projector -> (B, out_dim)."""
     backbone = SmallResNet(in_channels, width, blocks)
+    return ProjectedEncoder(backbone, Projector(backbone.out_dim, out_dim, hidden))
+
+
+def resnet18_encoder(
+    in_channels: int = 3, width: int = 64, out_dim: int = 64, hidden: int = 1024
+) -> ProjectedEncoder:
+    """ResNet-18 for 32 x 32 images (B, C, H, W) -> (B, 8 width) + projector -> (B, out_dim).
+
+    He et al.'s 18-layer layout as CIFAR recipes use it: a stride-1 3x3 stem and no max-pool, four
+    stages of two residual blocks (width 64: 64-128-256-512 channels, 11 M parameters; width 32 has
+    a quarter of the parameters and the multiply-adds).
+    """
+    backbone = SmallResNet(in_channels, width, 2, stages=4, stem_stride=1)
     return ProjectedEncoder(backbone, Projector(backbone.out_dim, out_dim, hidden))
 
 
@@ -315,6 +338,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
     "vit": TinyViT,
     "resnet": resnet_encoder,
+    "resnet18": resnet18_encoder,
     "vit-projected": vit_encoder,
 }
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
-
-import torch
 
 from jepabook.paths import ROOT
 
@@ -111,20 +108,3 @@ def _git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
-
-
-def device_description(device: torch.device) -> str:
-    """E.g. "cpu: AMD EPYC 7B13, 2 threads" or "cuda: NVIDIA H200"."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {_cpu_model()}, {torch.get_num_threads()} threads"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

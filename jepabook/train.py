@@ -24,11 +24,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from jepabook.devices import resolve_device
+from jepabook.devices import device_description, resolve_device
 from jepabook.losses import moment_matching, prediction_loss, sigreg
 
 Regulariser = Literal["sigreg", "moments", "none"]
 CHECKPOINT_FORMAT = "jepabook-checkpoint-1"
+RECORD_EVERY = 50  # steps between read-backs of the loss terms: each one waits for the GPU
 RESUME_FORMAT = "jepabook-resume-1"
 
 
@@ -77,6 +78,7 @@ class History:
     held_out_sigreg: list[float] = field(default_factory=list)
     evaluations: dict[str, list[float]] = field(default_factory=dict)
     elapsed_s: float = 0.0  # wall time of the training steps, over every resumed part
+    device: str = ""  # where the steps ran, e.g. "cuda: NVIDIA H200" (the last part, when resumed)
 
     def to_frame(self):
         """(per-step frame, per-evaluation frame) as pandas DataFrames."""
@@ -164,6 +166,7 @@ def train_jepa(
     held_out = held_out.to(device) if held_out is not None else None
     batch = min(config.batch_size, data.shape[0])
     started = time.perf_counter() - history.elapsed_s
+    pending: list[tuple[int, torch.Tensor, float]] = []  # loss terms not yet read back (a GPU sync)
     for step in tqdm(
         range(first, config.steps),
         initial=first,
@@ -184,13 +187,19 @@ def train_jepa(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        _record(history, step, loss, prediction, regulariser, schedule.get_last_lr()[0])
+        terms = torch.stack([loss, prediction, regulariser]).detach()
+        pending.append((step, terms, schedule.get_last_lr()[0]))
         schedule.step()
         last = step == config.steps - 1
-        history.elapsed_s = time.perf_counter() - started
-        if step % config.eval_every == 0 or last:
+        evaluating = step % config.eval_every == 0 or last
+        saving = resume_path is not None and (last or (save_every and (step + 1) % save_every == 0))
+        if evaluating or saving or len(pending) >= RECORD_EVERY:
+            _record(history, pending)
+            history.elapsed_s = time.perf_counter() - started
+            history.device = device_description(device)
+        if evaluating:
             _evaluate(history, step, encoder, held_out, evaluate, config)
-        if resume_path is not None and (last or (save_every and (step + 1) % save_every == 0)):
+        if saving:
             _save_resume(
                 resume_path, step + 1, config, modules, optimiser, schedule, generator, history
             )
@@ -282,12 +291,18 @@ def _anti_collapse(
     return z.new_zeros(())
 
 
-def _record(history: History, step: int, loss, prediction, regulariser, lr: float) -> None:
-    history.step.append(step)
-    history.loss.append(float(loss.detach()))
-    history.prediction.append(float(prediction.detach()))
-    history.regulariser.append(float(regulariser.detach()))
-    history.lr.append(lr)
+def _record(history: History, pending: list[tuple[int, torch.Tensor, float]]) -> None:
+    """Move the pending (step, (loss, prediction, regulariser), lr) records into history."""
+    if not pending:
+        return
+    values = torch.stack([terms for _, terms, _ in pending]).cpu().tolist()
+    for (step, _, lr), (loss, prediction, regulariser) in zip(pending, values, strict=True):
+        history.step.append(step)
+        history.loss.append(loss)
+        history.prediction.append(prediction)
+        history.regulariser.append(regulariser)
+        history.lr.append(lr)
+    pending.clear()
 
 
 def save_checkpoint(

@@ -12,7 +12,7 @@ from jepabook import image_jepa, shipped
 from jepabook.backbones import MissingWeightsError, load_backbone
 from jepabook.chapters import encoders
 from jepabook.losses import VectorViews
-from jepabook.models import MLP
+from jepabook.models import MLP, build_encoder
 from jepabook.probe import (
     knn_correct,
     paired_accuracy_difference,
@@ -257,3 +257,51 @@ def test_names_without_a_manifest_entry_are_not_shipped_and_say_how_to_train_the
     assert image_jepa.shipped_encoders() == ()
     with pytest.raises(shipped.ShippedWeightsError, match="ONLY=cifar10-cnn.*resume"):
         image_jepa.load_shipped("cifar10-cnn")
+
+
+def test_resnet18_is_he_et_al_s_cifar_layout():
+    """The GPU recipe's network: ResNet-18 for 32 px (11,168,832 backbone parameters at width 64,
+    as in CIFAR ResNet-18 without its classifier); half width has a quarter of them."""
+    full = build_encoder("resnet18", in_channels=3, width=64)
+    assert sum(p.numel() for p in full.backbone.parameters()) == 11_168_832
+    half = build_encoder("resnet18", in_channels=3, width=32)
+    n_half = sum(p.numel() for p in half.backbone.parameters())
+    assert n_half == pytest.approx(11_168_832 / 4, rel=0.01)
+    with torch.no_grad():
+        assert half.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+        assert half.backbone(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+
+
+def test_ship_train_only_leaves_the_finished_run_for_a_later_ship(tmp_path, monkeypatch):
+    """`ship --train-only` (on a GPU, say) keeps the finished run in its resume file; a later `ship`
+    (on a CPU) trains no step, keeps the run's history and device, and writes weights and entry."""
+    monkeypatch.setenv("JEPABOOK_ENCODERS", str(tmp_path))
+    monkeypatch.setitem(image_jepa.PROBE_SIZES, "ci", (300, 200))
+    assert image_jepa.ship("cifar10-resnet18", "ci", device="cpu", train_only=True) is None
+    resume = image_jepa.resume_path("cifar10-resnet18", "ci")
+    assert resume.exists() and not shipped.weights_path("cifar10-resnet18").exists()
+    state = torch.load(resume, weights_only=True)
+    assert state["step"] == 40 and state["history"]["step"] == list(range(40))
+    monkeypatch.setattr(image_jepa, "train_jepa", _no_training_step(image_jepa.train_jepa))
+    state["history"]["device"] = "cuda: a GPU elsewhere"
+    torch.save(state, resume)
+    entry = image_jepa.ship("cifar10-resnet18", "ci", device="cpu", progress=False)
+    assert entry["device"] == "cuda: a GPU elsewhere" and not resume.exists()
+    assert entry["recipe"]["architecture"] == "resnet18" and entry["recipe"]["batch_size"] == 64
+    trained = image_jepa.load_shipped("cifar10-resnet18", "ci")
+    assert trained.history.loss == state["history"]["loss"]
+    assert trained.encoder.backbone(torch.zeros(1, 3, 32, 32)).shape == (1, 256)
+
+
+def _no_training_step(train_jepa):
+    """train_jepa that fails if asked to train: a finished run must only be read back."""
+
+    def resumed_only(*args, **kwargs):
+        def no_steps(*a, **k):
+            raise AssertionError("a finished run trained again")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.optim.AdamW, "step", no_steps)
+            return train_jepa(*args, **kwargs)
+
+    return resumed_only

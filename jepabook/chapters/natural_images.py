@@ -1,4 +1,4 @@
-"""The natural-images chapter: CIFAR-10 under real ImageNet-pretrained CNNs (and the CIFAR JEPA
+"""The natural-images chapter: CIFAR-10 under real ImageNet-pretrained CNNs (and the CIFAR JEPAs
 once shipped): which encoders, the published numbers to stand beside, the detector table, and the
 chapter's checks and verdicts.
 """
@@ -21,8 +21,9 @@ from jepabook.score import jepa_score
 from jepabook.verdicts import Verdict, decide
 
 IMAGENET_CNNS = {"mobilenetv2-in1k": "MobileNetV2", "efficientnet-lite0-in1k": "EfficientNet-Lite0"}
-CIFAR_JEPA = "cifar10-cnn"
-LABELS = {**IMAGENET_CNNS, CIFAR_JEPA: "CIFAR JEPA"}
+CIFAR_JEPAS = {"cifar10-resnet18": "CIFAR JEPA (ResNet-18)", "cifar10-cnn": "CIFAR JEPA (small)"}
+"""The JEPAs trained here on CIFAR-10: the GPU recipe's ResNet-18 and the CPU recipe's small ResNet."""
+LABELS = {**IMAGENET_CNNS, **CIFAR_JEPAS}
 
 PUBLISHED = pd.DataFrame(
     [
@@ -49,9 +50,9 @@ DETECTORS = {
 
 
 def default_encoders(shipped: tuple[str, ...] | None = None) -> list[str]:
-    """The two ImageNet CNNs, and the CIFAR JEPA when its weights are shipped."""
+    """The two ImageNet CNNs, and the CIFAR JEPAs whose weights are shipped."""
     shipped = shipped_encoders() if shipped is None else shipped
-    return list(IMAGENET_CNNS) + ([CIFAR_JEPA] if CIFAR_JEPA in shipped else [])
+    return list(IMAGENET_CNNS) + [name for name in CIFAR_JEPAS if name in shipped]
 
 
 def load(
@@ -59,9 +60,9 @@ def load(
 ) -> dict[str, natural_ood.PixelEncoder]:
     """{label: PixelEncoder}: the encoder `name` and, with `random`, the same network with random
     weights (BatchNorm calibrated on `calibrate` (N, 3, 32, 32) pixels, labelled "<label> · random").
-    The CIFAR JEPA runs at 32 px, its own size."""
+    A CIFAR JEPA runs at 32 px, its own size."""
     label = LABELS[name]
-    if name == CIFAR_JEPA:
+    if name in CIFAR_JEPAS:
         trained = load_shipped(name)
         nets = {label: natural_ood.trained_encoder(trained)}
         if random:
