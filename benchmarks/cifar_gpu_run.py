@@ -45,6 +45,7 @@ def step_seconds(recipe: image_jepa.ImageRecipe, data: torch.Tensor, device: str
         config = TrainConfig(
             steps=steps, batch_size=recipe.batch_size, lr=recipe.lr, lam=recipe.lam,
             n_views=recipe.n_views, eval_every=10**9, device=device, progress=False,
+            precision=recipe.precision,
         )  # fmt: skip
         return train_jepa(encoder, None, recipe.views(), data, config).elapsed_s
 

@@ -18,6 +18,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one ("cuda" is the current CUDA device, e.g. "cuda:0")."""
+
+    def indexed(device: torch.device) -> torch.device:
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    return indexed(torch.device(a)) == indexed(torch.device(b))
+
+
 def device_description(device: torch.device) -> str:
     """E.g. "cpu: AMD EPYC 7B13, 2 threads" or "cuda: NVIDIA H200"."""
     if device.type == "cuda":

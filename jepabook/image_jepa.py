@@ -110,6 +110,7 @@ class ImageRecipe:
     brightness: float = 0.0
     hue: float = 0.0
     jitter: float = 1.0  # probability of the contrast, brightness and colour jitter (1: always)
+    precision: str = "float32"  # "bfloat16": CUDA autocast (TrainConfig.precision)
 
     def variant(self, scale: str) -> str:
         """File-name suffix: the scale, then every option that differs from the name's recipe."""
@@ -183,9 +184,11 @@ class ImageRecipe:
 _DETAIL_FIELDS = (
     "architecture", "steps", "batch_size", "n_views", "lam", "lr", "weight_decay", "predictor",
     "out_dim", "min_area", "degrees", "flip", "noise", "contrast", "saturation", "channel_gain",
-    "grayscale", "brightness", "hue", "jitter",
+    "grayscale", "brightness", "hue", "jitter", "precision",
 )  # fmt: skip
-ADDED_FIELDS = ("saturation", "channel_gain", "grayscale", "brightness", "hue", "jitter")
+ADDED_FIELDS = (
+    "saturation", "channel_gain", "grayscale", "brightness", "hue", "jitter", "precision",
+)  # fmt: skip
 """Fields left out of recipe_dict() while they hold their default (off)."""
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(ImageRecipe)}
 
@@ -213,7 +216,7 @@ CIFAR_WIDTH = 32  # features: 4 x width = 128. Width 64 costs about 3x per step 
 CIFAR_GPU_EPOCHS = 200
 """Passes over CIFAR-10 of "cifar10-resnet18", the GPU recipe: as many as one H200 ran in about five
 minutes (benchmarks/cifar_gpu_run.py chose them from its measured step time)."""
-CIFAR_GPU_TRAINING = {"width": 32, "batch_size": 512}
+CIFAR_GPU_TRAINING = {"width": 32, "batch_size": 512, "precision": "bfloat16"}
 """What the GPU recipe changes beyond the network: the ResNet-18 layout at half width (32-64-128-256
 channels, 2.8 M parameters: a quarter of the full network's cost when JEPA-SCORE differentiates it on a
 CPU) and batches of 512 (the lr and everything else are cifar10-cnn's)."""
@@ -501,6 +504,7 @@ def _train(
         seed=recipe.seed,
         device=device,
         progress=progress,
+        precision=recipe.precision,
     )
     held_out = normalise(held_out_images(recipe.dataset).images[:1024], meta)
     history = train_jepa(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jepabook.devices import same_device
+
 
 def epps_pulley_grid(
     n_points: int = 17, t_max: float = 3.0, *, device=None
@@ -92,7 +94,7 @@ def sigreg(
         () scalar, differentiable in z.
     """
     _check_embeddings(z, "z")
-    if generator is not None and generator.device != z.device:
+    if generator is not None and not same_device(generator.device, z.device):
         raise ValueError(f"generator: expected one on {z.device}, got one on {generator.device}")
     directions = random_directions(
         z.shape[1], n_slices, generator=generator, device=z.device, dtype=z.dtype

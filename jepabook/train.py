@@ -28,6 +28,7 @@ from jepabook.devices import device_description, resolve_device
 from jepabook.losses import moment_matching, prediction_loss, sigreg
 
 Regulariser = Literal["sigreg", "moments", "none"]
+Precision = Literal["float32", "bfloat16"]
 CHECKPOINT_FORMAT = "jepabook-checkpoint-1"
 RECORD_EVERY = 50  # steps between read-backs of the loss terms: each one waits for the GPU
 RESUME_FORMAT = "jepabook-resume-1"
@@ -50,8 +51,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    precision: Precision = (
+        "float32"  # "bfloat16": the encoder runs under CUDA autocast (losses in fp32)
+    )
 
     def __post_init__(self) -> None:
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision: expected 'float32' or 'bfloat16', got {self.precision!r}")
         if self.regulariser not in ("sigreg", "moments", "none"):
             raise ValueError(
                 f"regulariser: expected 'sigreg', 'moments' or 'none', got {self.regulariser!r}"
@@ -148,7 +154,10 @@ def train_jepa(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    images = data.ndim == 4 and device.type == "cpu"  # channels-last convolutions are faster there
+    mixed = config.precision == "bfloat16" and device.type == "cuda"
+    images = data.ndim == 4 and (
+        device.type == "cpu" or mixed
+    )  # channels-last convolutions are faster
     modules = [m for m in (encoder, predictor) if m is not None]
     for module in modules:
         module.to(device).train()
@@ -180,7 +189,9 @@ def train_jepa(
         x_views = torch.cat([views(x, generator) for _ in range(config.n_views)])
         if images:
             x_views = x_views.contiguous(memory_format=torch.channels_last)
-        z = encoder(x_views).view(config.n_views, batch, -1)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed):
+            z = encoder(x_views)
+        z = z.float().view(config.n_views, batch, -1)
         prediction = _multi_view_prediction(predictor, z)
         regulariser = _anti_collapse(z.flatten(0, 1), config, generator)
         loss = (1 - config.lam) * prediction + config.lam * regulariser
@@ -246,8 +257,9 @@ def _resume(path, config, modules, optimiser, schedule, generator) -> tuple[Hist
     if state.get("format") != RESUME_FORMAT:
         raise ValueError(f"resume_path: {path} is not a jepabook resume file ({RESUME_FORMAT})")
     ignore = {"device", "progress"}
-    saved = {k: v for k, v in state["config"].items() if k not in ignore}
     wanted = {k: v for k, v in asdict(config).items() if k not in ignore}
+    defaults = asdict(TrainConfig())  # for fields added after the file was written
+    saved = {k: state["config"].get(k, defaults[k]) for k in wanted}
     if saved != wanted:
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
         raise ValueError(
