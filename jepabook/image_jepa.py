@@ -213,9 +213,10 @@ CIFAR_EPOCHS = 200  # passes over the 50,000 CIFAR-10 images (SimCLR-style CIFAR
 # 0.70 is not known: the pilot (benchmarks/results/cifar_pilot_variants.txt) is too short for that.
 CIFAR_WIDTH = 32  # features: 4 x width = 128. Width 64 costs about 3x per step and was no better
 # after 2 passes over 10,000 images (benchmarks/results/cifar_pilot.txt)
-CIFAR_GPU_EPOCHS = 200
-"""Passes over CIFAR-10 of "cifar10-resnet18", the GPU recipe: as many as one H200 ran in about five
-minutes (benchmarks/cifar_gpu_run.py chose them from its measured step time)."""
+CIFAR_GPU_EPOCHS = 150
+"""Passes over CIFAR-10 of "cifar10-resnet18", the GPU recipe: as many as one H200 ran in under five
+minutes (benchmarks/cifar_gpu_run.py chose them from its measured step time, 16.5 ms per step of 512
+in bfloat16; benchmarks/results/cifar_gpu_run.md)."""
 CIFAR_GPU_TRAINING = {"width": 32, "batch_size": 512, "precision": "bfloat16"}
 """What the GPU recipe changes beyond the network: the ResNet-18 layout at half width (32-64-128-256
 channels, 2.8 M parameters: a quarter of the full network's cost when JEPA-SCORE differentiates it on a
