@@ -270,7 +270,14 @@ def _resume(path, config, modules, optimiser, schedule, generator) -> tuple[Hist
         module.load_state_dict(weights)
     optimiser.load_state_dict(state["optimiser"])
     schedule.load_state_dict(state["schedule"])
-    generator.set_state(state["generator"])
+    try:
+        generator.set_state(state["generator"])
+    except RuntimeError:  # a generator of another device type (a run trained on a GPU, read on a CPU)
+        if int(state["step"]) < config.steps:
+            raise ValueError(
+                f"resume_path: {path} was written on another kind of device, whose random stream "
+                f"cannot continue on {generator.device}; resume it there"
+            ) from None
     torch.set_rng_state(state["cpu_generator"])
     return History(**state["history"]), int(state["step"])
 

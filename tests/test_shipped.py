@@ -284,6 +284,7 @@ def test_ship_train_only_leaves_the_finished_run_for_a_later_ship(tmp_path, monk
     assert state["step"] == 40 and state["history"]["step"] == list(range(40))
     monkeypatch.setattr(image_jepa, "train_jepa", _no_training_step(image_jepa.train_jepa))
     state["history"]["device"] = "cuda: a GPU elsewhere"
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
     torch.save(state, resume)
     entry = image_jepa.ship("cifar10-resnet18", "ci", device="cpu", progress=False)
     assert entry["device"] == "cuda: a GPU elsewhere" and not resume.exists()
