@@ -272,7 +272,9 @@ def _resume(path, config, modules, optimiser, schedule, generator) -> tuple[Hist
     schedule.load_state_dict(state["schedule"])
     try:
         generator.set_state(state["generator"])
-    except RuntimeError:  # a generator of another device type (a run trained on a GPU, read on a CPU)
+    except (
+        RuntimeError
+    ):  # a generator of another device type (a run trained on a GPU, read on a CPU)
         if int(state["step"]) < config.steps:
             raise ValueError(
                 f"resume_path: {path} was written on another kind of device, whose random stream "
